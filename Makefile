@@ -1,0 +1,45 @@
+# videorec - every target installs what it needs first (a virtual environment in .venv).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+install: $(STAMP) ## Create .venv and install videorec with its dev tools
+
+demo: $(STAMP) ## Train UniFormer-tiny on the embedded synthetic video dataset (CPU is fine)
+	$(PY) -m videorec.train experiment=demo
+
+test: $(STAMP) ## Run the fast test suite (no slow, no GPU tests)
+	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-full: $(STAMP) ## Run every test, slow ones included (GPU tests skip without a GPU)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## Ruff lint and format check
+	$(VENV)/bin/ruff check videorec tests scripts
+	$(VENV)/bin/ruff format --check videorec tests scripts
+
+format: $(STAMP) ## Ruff autofix and format
+	$(VENV)/bin/ruff check --fix videorec tests scripts
+	$(VENV)/bin/ruff format videorec tests scripts
+
+bench: $(STAMP) ## Benchmark the tiny models on CPU against the reference implementations
+	$(PY) scripts/bench_models.py --models '*_tiny' --device cpu
+
+clean: ## Remove caches and run outputs (keeps .venv)
+	rm -rf outputs multirun wandb .pytest_cache .ruff_cache
+
+.PHONY: help install demo test test-full lint format bench clean

@@ -1,0 +1,202 @@
+"""Loading checkpoints of every supported format into our models.
+
+The pipeline of :func:`load_pretrained`:
+
+1. :func:`read_state_dict` loads the file with ``weights_only=True`` and unwraps the container: our Lightning
+   checkpoints (``state_dict`` with a ``backbone.`` prefix), PySlowFast / pytorchvideo ``.pyth`` files
+   (``model_state``), official UniFormer files (``model``), DDP ``module.`` prefixes, or a bare state dict.
+2. The family's ``checkpoint_filter_fn(state_dict, model)`` (a module-level function in the model's file, as in
+   timm) renames foreign keys and resizes position tables. It may return ``(state_dict, format_name)``.
+3. :func:`adapt_state_dict` inflates 2D kernels to 3D (``"mean"`` or ``"center"``), drops a classifier of another
+   size with a warning, and raises an error naming every key that still does not fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "CheckpointError",
+    "LoadReport",
+    "read_state_dict",
+    "adapt_state_dict",
+    "inflate_weight",
+    "load_pretrained",
+    "strip_prefix",
+]
+
+log = logging.getLogger(__name__)
+
+INFLATE_MODES = ("mean", "center")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the file and keys."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` did, for logs and ``scripts/convert_checkpoint.py``."""
+
+    path: str
+    format: str
+    loaded: list[str] = field(default_factory=list)
+    inflated: list[str] = field(default_factory=list)
+    dropped_head: list[str] = field(default_factory=list)
+    renamed: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{self.path}: format={self.format}, loaded {len(self.loaded)} tensors, inflated {len(self.inflated)}, "
+            f"renamed {self.renamed}, dropped head {self.dropped_head or 'none'}"
+        )
+
+
+def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Remove ``prefix`` from every key that has it (and only from those)."""
+    return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Load a checkpoint file safely and return its model state dict and the container format."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle with arbitrary objects, corrupt zip, ...
+        raise CheckpointError(f"{path}: cannot be loaded with weights_only=True ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(ckpt).__name__}")
+
+    fmt = "state_dict"
+    if "pytorch-lightning_version" in ckpt or ("state_dict" in ckpt and "hyper_parameters" in ckpt):
+        sd, fmt = ckpt["state_dict"], "lightning"
+        if any(k.startswith("backbone.") for k in sd):
+            sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+    else:
+        sd = ckpt
+        for key in ("model_state", "model", "state_dict", "module"):
+            if key in sd and isinstance(sd[key], dict):
+                sd, fmt = sd[key], key
+                break
+    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError(f"{path}: no tensors found (top-level keys: {sorted(ckpt)[:20]})")
+    if all(k.startswith("module.") for k in sd):
+        sd = strip_prefix(sd, "module.")
+    return sd, fmt
+
+
+def inflate_weight(weight: torch.Tensor, time: int, mode: str = "mean") -> torch.Tensor:
+    """Inflate a 2D conv kernel (O, I, kh, kw) to 3D (O, I, time, kh, kw).
+
+    ``"mean"`` repeats it along time and divides by ``time`` (the official UniFormer / I3D inflation: a static video
+    gives the image response); ``"center"`` places it at the centre frame with zeros elsewhere (also the image
+    response on a static video, and exactly the 2D model on one frame).
+    """
+    if mode not in INFLATE_MODES:
+        raise ValueError(f"inflate mode must be one of {INFLATE_MODES}, got {mode!r}")
+    if mode == "mean":
+        return weight.unsqueeze(2).repeat(1, 1, time, 1, 1) / time
+    out = weight.new_zeros(weight.shape[:2] + (time,) + weight.shape[2:])
+    out[:, :, time // 2] = weight
+    return out
+
+
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    names = getattr(model, "classifier_keys", ("head.",))
+    return tuple(names)
+
+
+def adapt_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    model: nn.Module,
+    inflate: str = "mean",
+    report: LoadReport | None = None,
+    source: str = "checkpoint",
+) -> dict[str, torch.Tensor]:
+    """Make ``state_dict`` fit ``model`` exactly: inflate kernels, drop a mismatched head, or raise naming keys."""
+    report = report or LoadReport(path=source, format="state_dict")
+    target = model.state_dict()
+    heads = _classifier_prefixes(model)
+    out: dict[str, torch.Tensor] = {}
+    mismatched: list[str] = []
+    for key, value in state_dict.items():
+        if key not in target:
+            continue
+        want = target[key]
+        if value.shape == want.shape:
+            out[key] = value
+        elif value.ndim == 4 and want.ndim == 5 and value.shape[:2] + value.shape[2:] == want.shape[:2] + want.shape[3:]:
+            out[key] = inflate_weight(value, want.shape[2], inflate)
+            report.inflated.append(key)
+        elif key.startswith(heads):
+            report.dropped_head.append(key)
+        else:
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(want.shape)}")
+    # a head whose weight was dropped must be dropped whole (bias too), so the new head starts fresh
+    if report.dropped_head:
+        for key in list(out):
+            if key.startswith(heads):
+                out.pop(key)
+                report.dropped_head.append(key)
+        report.dropped_head = sorted(set(report.dropped_head))
+        warnings.warn(
+            f"{source}: classifier {report.dropped_head} has another size than the model's; it was dropped and "
+            "the new head is randomly initialised",
+            stacklevel=3,
+        )
+    unexpected = sorted(k for k in state_dict if k not in target)
+    missing = sorted(k for k in target if k not in out and k not in report.dropped_head and not _optional(k))
+    problems = []
+    if mismatched:
+        problems.append("shape mismatch:\n  " + "\n  ".join(mismatched))
+    if missing:
+        problems.append(f"missing from the checkpoint ({len(missing)}): {_abbrev(missing)}")
+    if unexpected:
+        problems.append(f"not used by the model ({len(unexpected)}): {_abbrev(unexpected)}")
+    if problems:
+        name = getattr(model, "registry_name", type(model).__name__)
+        raise CheckpointError(f"{source} does not fit {name}:\n" + "\n".join(problems))
+    report.loaded = sorted(out)
+    return out
+
+
+def _optional(key: str) -> bool:
+    return key.endswith("num_batches_tracked")
+
+
+def _abbrev(keys: list[str], n: int = 12) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def load_pretrained(model: nn.Module, path: str | Path, inflate: str | None = None) -> LoadReport:
+    """Load a checkpoint of any supported format into ``model`` (in place) and return a :class:`LoadReport`."""
+    state_dict, fmt = read_state_dict(path)
+    report = LoadReport(path=str(path), format=fmt)
+    module = sys.modules[type(model).__module__]
+    filter_fn = getattr(module, "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        before = set(state_dict)
+        result = filter_fn(state_dict, model)
+        if isinstance(result, tuple):
+            state_dict, family_fmt = result
+            if family_fmt:
+                report.format = f"{family_fmt} ({fmt})" if fmt != "state_dict" else family_fmt
+        else:
+            state_dict = result
+        report.renamed = len(set(state_dict) - before)
+    mode = inflate or getattr(model, "default_inflate", "mean")
+    state_dict = adapt_state_dict(state_dict, model, inflate=mode, report=report, source=str(path))
+    model.load_state_dict(state_dict, strict=False)
+    log.info(report.summary())
+    return report

@@ -1,0 +1,255 @@
+"""Layers shared by every family: the one attention core, MLPs, DropPath, 3D patch embeddings, position encodings.
+
+Every softmax attention in the zoo calls :func:`attention`, which runs ``F.scaled_dot_product_attention`` (the
+fused path) or an explicit softmax reference. ``VIDEOREC_FUSED_ATTN=0`` in the environment forces the reference
+path everywhere; tests compare the two.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "use_fused_attn",
+    "attention",
+    "Attention",
+    "Mlp",
+    "ConvMlp3d",
+    "DropPath",
+    "drop_path_rates",
+    "PatchEmbed3d",
+    "DepthwisePosEmbed3d",
+    "to_3tuple",
+    "as_video",
+    "trunc_normal_init",
+]
+
+
+def use_fused_attn() -> bool:
+    """Whether attention runs through ``F.scaled_dot_product_attention`` (env ``VIDEOREC_FUSED_ATTN``, default 1)."""
+    return os.environ.get("VIDEOREC_FUSED_ATTN", "1").lower() not in ("0", "false", "no")
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    fused: bool | None = None,
+) -> torch.Tensor:
+    """Softmax attention, the single core of the zoo.
+
+    Args:
+        q: (B, h, Nq, d)
+        k: (B, h, Nk, d)
+        v: (B, h, Nk, dv)
+        attn_mask: additive float bias broadcastable to (B, h, Nq, Nk), or a boolean mask (True = attend).
+        dropout_p: attention dropout; pass 0 at eval.
+        scale: defaults to d ** -0.5.
+        fused: force the fused (True) or the reference (False) path; None follows :func:`use_fused_attn`.
+
+    Returns:
+        (B, h, Nq, dv)
+    """
+    if fused is None:
+        fused = use_fused_attn()
+    if fused:
+        if attn_mask is not None and attn_mask.dtype != torch.bool:
+            attn_mask = attn_mask.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    attn = (q * scale) @ k.transpose(-2, -1)  # (B, h, Nq, Nk)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            attn = attn.masked_fill(~attn_mask, float("-inf"))
+        else:
+            attn = attn + attn_mask
+    attn = attn.softmax(dim=-1)
+    if dropout_p > 0:
+        attn = F.dropout(attn, p=dropout_p)
+    return attn @ v
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over a token sequence (B, N, C) with a fused qkv projection."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        head_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim or dim // num_heads
+        inner = self.num_heads * self.head_dim
+        self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(inner, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, _ = x.shape
+        # (B, N, 3 * h * d) -> (3, B, h, N, d)
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = attention(q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(B, N, -1)  # (B, h, N, d) -> (B, N, h * d)
+        return self.proj_drop(self.proj(x))
+
+
+class Mlp(nn.Module):
+    """Two linear layers with an activation between them, on (..., C)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int | None = None,
+        out_features: int | None = None,
+        act_layer: type[nn.Module] = nn.GELU,
+        drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class ConvMlp3d(nn.Module):
+    """The MLP as 1x1x1 convolutions on (B, C, T, H, W)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int | None = None,
+        out_features: int | None = None,
+        act_layer: type[nn.Module] = nn.GELU,
+        drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        self.fc1 = nn.Conv3d(in_features, hidden_features, 1)
+        self.act = act_layer()
+        self.fc2 = nn.Conv3d(hidden_features, out_features, 1)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample during training."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
+
+
+def drop_path_rates(rate: float, depths: Sequence[int] | int) -> list[float]:
+    """Drop-path rates growing linearly from 0 to ``rate`` over all blocks (a flat list)."""
+    total = depths if isinstance(depths, int) else sum(depths)
+    if total <= 1:
+        return [0.0] * total
+    return [rate * i / (total - 1) for i in range(total)]
+
+
+def to_3tuple(x: int | Sequence[int]) -> tuple[int, int, int]:
+    if isinstance(x, int):
+        return (x, x, x)
+    x = tuple(int(v) for v in x)
+    if len(x) != 3:
+        raise ValueError(f"expected an int or 3 values, got {x}")
+    return x  # type: ignore[return-value]
+
+
+def as_video(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) images become one-frame videos (B, C, 1, H, W); videos pass through."""
+    if x.ndim == 4:
+        return x.unsqueeze(2)
+    if x.ndim != 5:
+        raise ValueError(f"expected (B, C, T, H, W) video or (B, C, H, W) images, got shape {tuple(x.shape)}")
+    return x
+
+
+class PatchEmbed3d(nn.Module):
+    """Conv3d patchify, optionally followed by a LayerNorm over channels. Returns (B, C, T', H', W')."""
+
+    def __init__(
+        self,
+        in_chans: int,
+        embed_dim: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] | None = None,
+        padding: int | Sequence[int] = 0,
+        norm: bool = True,
+        eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        kernel_size = to_3tuple(kernel_size)
+        stride = kernel_size if stride is None else to_3tuple(stride)
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size, stride=stride, padding=to_3tuple(padding))
+        self.norm = nn.LayerNorm(embed_dim, eps=eps) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)  # (B, C, T', H', W')
+        if isinstance(self.norm, nn.Identity):
+            return x
+        return self.norm(x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
+
+
+class DepthwisePosEmbed3d(nn.Module):
+    """Conditional position encoding ``x + DWConv3d(x)`` (UniFormer's DPE, Twins' PEG) on (B, C, T, H, W)."""
+
+    def __init__(self, dim: int, kernel_size: int | Sequence[int] = 3) -> None:
+        super().__init__()
+        kernel_size = to_3tuple(kernel_size)
+        self.proj = nn.Conv3d(dim, dim, kernel_size, padding=tuple(k // 2 for k in kernel_size), groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.proj(x)
+
+
+def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
+    """timm-style init: truncated normal linear weights, zero biases, unit norms, fan-out convs."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.LayerNorm, nn.BatchNorm3d, nn.BatchNorm2d, nn.GroupNorm)):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv3d | nn.Conv2d):
+        fan_out = math.prod(module.kernel_size) * module.out_channels // module.groups
+        nn.init.normal_(module.weight, std=math.sqrt(2.0 / fan_out))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)

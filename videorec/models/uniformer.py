@@ -1,0 +1,238 @@
+"""UniFormer for video: "UniFormer: Unified Transformer for Efficient Spatiotemporal Representation Learning"
+(Li et al., ICLR 2022, arXiv 2201.09450).
+
+Four stages. Every block starts with the dynamic position embedding ``x + DWConv3d_3x3x3(x)``. Stages 1-2 use local
+multi-head relation aggregation (MHRA): BatchNorm3d, 1x1x1 conv, a 5x5x5 depthwise conv (the local "attention"),
+1x1x1 conv, then a convolutional MLP. Stages 3-4 use global MHRA: joint space-time self-attention over all
+T*H*W tokens through the shared SDPA core, then a linear MLP. Parameter names follow the official release so that
+its 3D (PySlowFast) and 2D (ImageNet) checkpoints load without renaming; 2D kernels are inflated on load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint as torch_checkpoint
+
+from .layers import Attention, ConvMlp3d, DropPath, Mlp, PatchEmbed3d, as_video, drop_path_rates, trunc_normal_init
+from .registry import build_variant, register_model
+
+__all__ = ["UniFormer", "LocalBlock", "GlobalBlock"]
+
+
+class LocalBlock(nn.Module):
+    """DPE + local MHRA + conv MLP, all on (B, C, T, H, W). Official name: CBlock."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, drop: float = 0.0, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.pos_embed = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)
+        self.norm1 = nn.BatchNorm3d(dim)
+        # local MHRA: 1x1x1 conv -> depthwise 5x5x5 conv ("attn", the official name) -> 1x1x1 conv
+        self.conv1 = nn.Conv3d(dim, dim, 1)
+        self.attn = nn.Conv3d(dim, dim, 5, padding=2, groups=dim)
+        self.conv2 = nn.Conv3d(dim, dim, 1)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.BatchNorm3d(dim)
+        self.mlp = ConvMlp3d(dim, int(dim * mlp_ratio), drop=drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.pos_embed(x)
+        x = x + self.drop_path(self.conv2(self.attn(self.conv1(self.norm1(x)))))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class GlobalBlock(nn.Module):
+    """DPE + global MHRA (joint space-time attention over T*H*W tokens) + MLP. Official name: SABlock."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.pos_embed = nn.Conv3d(dim, dim, 3, padding=1, groups=dim)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.pos_embed(x)
+        B, C, T, H, W = x.shape
+        x = x.flatten(2).transpose(1, 2)  # (B, C, T, H, W) -> (B, THW, C)
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x.transpose(1, 2).reshape(B, C, T, H, W)
+
+
+class UniFormer(nn.Module):
+    """UniFormer video backbone with a linear classifier.
+
+    Args:
+        num_classes: classifier size (0 for a feature extractor).
+        num_frames: frames per clip the model is built for (recorded; any count >= 1 runs).
+        img_size: square input resolution the model is built for (a multiple of 32).
+        in_chans: input channels.
+        depths: blocks per stage.
+        embed_dims: channels per stage.
+        head_dim: channels per attention head; heads = dim // head_dim.
+        mlp_ratio: MLP hidden size over dim.
+        qkv_bias: bias on the qkv projection.
+        drop_rate: dropout after the stem and in MLPs / projections.
+        attn_drop_rate: attention dropout.
+        drop_path_rate: stochastic depth, growing linearly over all blocks.
+        head_drop: dropout before the classifier.
+        temporal_kernel: temporal size of the stage-1 patch embedding (stride 2 in time when > 1).
+    """
+
+    classifier_keys = ("head.",)
+    default_inflate = "mean"  # the official 2D -> 3D inflation
+
+    def __init__(
+        self,
+        num_classes: int = 400,
+        num_frames: int = 16,
+        img_size: int = 224,
+        in_chans: int = 3,
+        depths: Sequence[int] = (3, 4, 8, 3),
+        embed_dims: Sequence[int] = (64, 128, 320, 512),
+        head_dim: int = 64,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        head_drop: float = 0.0,
+        temporal_kernel: int = 3,
+    ) -> None:
+        super().__init__()
+        if img_size % 32:
+            raise ValueError(f"UniFormer: img_size must be a multiple of 32 (four strided stages), got {img_size}")
+        if num_frames < 1:
+            raise ValueError(f"UniFormer: num_frames must be >= 1, got {num_frames}")
+        if len(depths) != 4 or len(embed_dims) != 4:
+            raise ValueError(f"UniFormer: depths and embed_dims need 4 stages, got {depths} and {embed_dims}")
+        if any(d % head_dim for d in embed_dims[2:]):
+            raise ValueError(f"UniFormer: global-stage dims {embed_dims[2:]} must be multiples of head_dim={head_dim}")
+        self.num_classes = num_classes
+        self.num_frames = num_frames
+        self.img_size = img_size
+        self.num_features = embed_dims[-1]
+        self.grad_checkpointing = False
+
+        t = temporal_kernel
+        self.patch_embed1 = PatchEmbed3d(
+            in_chans, embed_dims[0], kernel_size=(t, 4, 4), stride=(2 if t > 1 else 1, 4, 4), padding=(t // 2, 0, 0)
+        )
+        self.patch_embed2 = PatchEmbed3d(embed_dims[0], embed_dims[1], kernel_size=(1, 2, 2))
+        self.patch_embed3 = PatchEmbed3d(embed_dims[1], embed_dims[2], kernel_size=(1, 2, 2))
+        self.patch_embed4 = PatchEmbed3d(embed_dims[2], embed_dims[3], kernel_size=(1, 2, 2))
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        dpr = drop_path_rates(drop_path_rate, depths)
+        starts = [sum(depths[:i]) for i in range(4)]
+        self.blocks1 = nn.ModuleList(
+            LocalBlock(embed_dims[0], mlp_ratio, drop_rate, dpr[starts[0] + i]) for i in range(depths[0])
+        )
+        self.blocks2 = nn.ModuleList(
+            LocalBlock(embed_dims[1], mlp_ratio, drop_rate, dpr[starts[1] + i]) for i in range(depths[1])
+        )
+        self.blocks3 = nn.ModuleList(
+            GlobalBlock(
+                embed_dims[2], embed_dims[2] // head_dim, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[starts[2] + i]
+            )
+            for i in range(depths[2])
+        )
+        self.blocks4 = nn.ModuleList(
+            GlobalBlock(
+                embed_dims[3], embed_dims[3] // head_dim, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[starts[3] + i]
+            )
+            for i in range(depths[3])
+        )
+        self.norm = nn.BatchNorm3d(embed_dims[-1])
+        self.head_drop = nn.Dropout(head_drop)
+        self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(trunc_normal_init)
+
+    # --- timm-style uniform API ---
+    def no_weight_decay(self) -> set[str]:
+        """Names (beyond 1-D tensors) excluded from weight decay: the dynamic position embeddings."""
+        return {n for n, _ in self.named_parameters() if ".pos_embed." in n}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _run(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        for blk in blocks:
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = torch_checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) or (B, C, H, W) -> (B, C', T', H/32, W/32)."""
+        x = as_video(x)
+        if x.shape[-1] % 32 or x.shape[-2] % 32:
+            raise ValueError(f"UniFormer: input height and width must be multiples of 32, got {tuple(x.shape[-2:])}")
+        x = self.pos_drop(self.patch_embed1(x))
+        x = self._run(self.blocks1, x)
+        x = self._run(self.blocks2, self.patch_embed2(x))
+        x = self._run(self.blocks3, self.patch_embed3(x))
+        x = self._run(self.blocks4, self.patch_embed4(x))
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.flatten(2).mean(-1)  # global average over T'H'W' -> (B, C')
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: UniFormer) -> tuple[dict, str]:
+    """Official UniFormer checkpoints share our key names; 2D (ImageNet) kernels are inflated later, generically."""
+    is_2d = state_dict.get("patch_embed1.proj.weight", torch.empty(0, 0, 0, 0, 0)).ndim == 4
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("pre_logits")}
+    return state_dict, "uniformer-2d" if is_2d else "uniformer"
+
+
+def _create(variant: str, defaults: dict, overrides: dict) -> UniFormer:
+    return build_variant(UniFormer, variant, defaults, overrides)
+
+
+@register_model
+def uniformer_s(**kwargs) -> UniFormer:
+    """UniFormer-S: depths (3, 4, 8, 3), 21.4M params, 41.8 GFLOPs at 16x224x224."""
+    return _create("uniformer_s", dict(depths=(3, 4, 8, 3), embed_dims=(64, 128, 320, 512), head_dim=64), kwargs)
+
+
+@register_model
+def uniformer_b(**kwargs) -> UniFormer:
+    """UniFormer-B: depths (5, 8, 20, 7), 49.8M params, 96.7 GFLOPs at 16x224x224."""
+    return _create("uniformer_b", dict(depths=(5, 8, 20, 7), embed_dims=(64, 128, 320, 512), head_dim=64), kwargs)
+
+
+@register_model
+def uniformer_tiny(**kwargs) -> UniFormer:
+    """A small UniFormer for tests and the embedded-dataset demo (CPU-friendly)."""
+    defaults = dict(
+        depths=(1, 1, 2, 1), embed_dims=(32, 64, 128, 128), head_dim=32, num_frames=8, img_size=64, num_classes=8
+    )
+    return _create("uniformer_tiny", defaults, kwargs)
