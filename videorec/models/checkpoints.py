@@ -135,7 +135,9 @@ def adapt_state_dict(
         want = target[key]
         if value.shape == want.shape:
             out[key] = value
-        elif value.ndim == 4 and want.ndim == 5 and value.shape[:2] + value.shape[2:] == want.shape[:2] + want.shape[3:]:
+        elif (
+            value.ndim == 4 and want.ndim == 5 and value.shape[:2] + value.shape[2:] == want.shape[:2] + want.shape[3:]
+        ):
             out[key] = inflate_weight(value, want.shape[2], inflate)
             report.inflated.append(key)
         elif key.startswith(heads):

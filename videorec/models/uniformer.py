@@ -147,13 +147,25 @@ class UniFormer(nn.Module):
         )
         self.blocks3 = nn.ModuleList(
             GlobalBlock(
-                embed_dims[2], embed_dims[2] // head_dim, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[starts[2] + i]
+                embed_dims[2],
+                embed_dims[2] // head_dim,
+                mlp_ratio,
+                qkv_bias,
+                drop_rate,
+                attn_drop_rate,
+                dpr[starts[2] + i],
             )
             for i in range(depths[2])
         )
         self.blocks4 = nn.ModuleList(
             GlobalBlock(
-                embed_dims[3], embed_dims[3] // head_dim, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, dpr[starts[3] + i]
+                embed_dims[3],
+                embed_dims[3] // head_dim,
+                mlp_ratio,
+                qkv_bias,
+                drop_rate,
+                attn_drop_rate,
+                dpr[starts[3] + i],
             )
             for i in range(depths[3])
         )

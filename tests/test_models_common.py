@@ -1,0 +1,80 @@
+"""Checks every registered model family passes: shapes, finite outputs, gradients to every parameter, overrides."""
+
+import pytest
+import torch
+
+from videorec.models import UnknownModelError, create_model, list_models, model_family
+
+TINY = list_models("*_tiny")
+
+
+def _input_for(model, batch=2):
+    cfg = model.default_cfg
+    t = cfg.get("num_frames", 4)
+    s = cfg.get("img_size", 64)
+    return torch.randn(batch, 3, t, s, s)
+
+
+def test_every_family_has_a_tiny_variant():
+    with_tiny = {model_family(name) for name in TINY}
+    assert "uniformer" in with_tiny
+    for name in list_models():
+        assert model_family(name) in with_tiny, f"{name}: its family {model_family(name)} has no *_tiny variant"
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_forward_shape_and_gradients(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5)
+    x = _input_for(model)
+    out = model(x)
+    assert out.shape == (2, 5)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    no_grad = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
+    assert not no_grad, f"parameters without gradient: {no_grad}"
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_uniform_api(name):
+    model = create_model(name, num_classes=3).eval()
+    x = _input_for(model, batch=1)
+    feats = model.forward_head(model.forward_features(x), pre_logits=True)
+    assert feats.shape == (1, model.num_features)
+    model.reset_classifier(7)
+    assert model(x).shape == (1, 7)
+    assert isinstance(model.no_weight_decay(), set)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_drop_path_override_changes_training_output(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3, drop_path_rate=0.5).train()
+    rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) == pytest.approx(0.5)
+
+
+def test_image_batch_is_a_one_frame_video():
+    model = create_model("uniformer_tiny", num_classes=4).eval()
+    img = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(img), model(img.unsqueeze(2)))
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(UnknownModelError) as e:
+        create_model("uniformer_xxl")
+    msg = str(e.value)
+    assert "uniformer_xxl" in msg and "uniformer_s" in msg and "uniformer_tiny" in msg
+
+
+def test_unknown_override_names_the_key():
+    with pytest.raises(TypeError, match="no_such_arg"):
+        create_model("uniformer_tiny", no_such_arg=3)
+
+
+def test_list_models_pattern():
+    assert set(list_models("uniformer_*")) >= {"uniformer_s", "uniformer_b", "uniformer_tiny"}
+    assert list_models("does_not_exist*") == []

@@ -1,0 +1,119 @@
+"""Evaluation entry point: ``python -m videorec.eval ckpt_path=<checkpoint> [data=... data.root=...]``.
+
+Runs the test split of the data (the data configuration stored in the checkpoint unless ``data=`` is given) and
+reports clip-level metrics (each view on its own) and video-level metrics (softmax probabilities of every clip x crop
+view of a video averaged). Writes ``eval.json`` and ``predictions.csv`` (one row per video) into the run directory.
+
+Examples:
+    python -m videorec.eval ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
+    python -m videorec.eval ckpt_path=mvit_b.ckpt data=k400 data.root=/data/k400 data.eval_clips=5 data.eval_crops=1
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from .lit import VideoClassifier
+from .utils.run import print_summary, write_json
+
+__all__ = ["evaluate", "main"]
+
+log = logging.getLogger("videorec")
+
+
+def _data_config(cfg: DictConfig, model: VideoClassifier) -> DictConfig:
+    if cfg.get("data") is not None:
+        return cfg.data
+    stored = model.hparams.get("data_config")
+    if not stored:
+        raise ValueError(
+            f"{cfg.ckpt_path}: the checkpoint stores no data configuration; pass one, e.g. data=k400 data.root=..."
+        )
+    return OmegaConf.create(stored)
+
+
+@rank_zero_only
+def _write_predictions(path: Path, videos: dict[str, Any], class_names: list[str] | None, paths: list[str] | None):
+    names = class_names or []
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["video_index", "path", "label", "label_name", "pred", "pred_name", "score", "num_views"])
+        for i, vid in enumerate(videos["video_index"].tolist()):
+            probs = videos["probs"][i]
+            pred = int(probs.argmax())
+            label = int(videos["label"][i])
+            writer.writerow(
+                [
+                    vid,
+                    paths[vid] if paths and vid < len(paths) else "",
+                    label,
+                    names[label] if label < len(names) else "",
+                    pred,
+                    names[pred] if pred < len(names) else "",
+                    f"{float(probs[pred]):.6f}",
+                    int(videos["num_views"][i]),
+                ]
+            )
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt_path`` on the test split and return the metrics written to ``eval.json``."""
+    ckpt = Path(cfg.ckpt_path)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file")
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    model = VideoClassifier.load_from_checkpoint(ckpt, map_location="cpu")
+    data_cfg = _data_config(cfg, model)
+    datamodule = instantiate(data_cfg)
+    if datamodule.num_classes != model.hparams.num_classes:
+        raise ValueError(
+            f"data has {datamodule.num_classes} classes but {ckpt} was trained for {model.hparams.num_classes}"
+        )
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_model_summary=False)
+    (clip,) = trainer.test(model, datamodule=datamodule, verbose=False)
+    video = model.video_results
+    result = {
+        "clip_acc1": float(clip["test/acc1"]),
+        "clip_acc5": float(clip["test/acc5"]),
+        "clip_loss": float(clip["test/loss"]),
+        "video_acc1": video["video_acc1"],
+        "video_acc5": video["video_acc5"],
+        "num_videos": video["num_videos"],
+        "num_clips": video["num_clips"],
+        "checkpoint": str(ckpt.resolve()),
+        "model": model.hparams.backbone,
+    }
+    views = {k: data_cfg.get(k) for k in ("eval_clips", "eval_crops") if data_cfg.get(k) is not None}
+    result.update(views)
+    write_json(output_dir / "eval.json", result)
+    paths = datamodule.video_paths("test") if hasattr(datamodule, "video_paths") else None
+    _write_predictions(output_dir / "predictions.csv", video["videos"], model.hparams.get("class_names"), paths)
+    shown = {k: v for k, v in result.items() if k not in ("checkpoint", "model")}
+    print_summary(
+        f"videorec eval: {model.hparams.backbone}",
+        shown,
+        {"eval.json": str(output_dir / "eval.json"), "predictions": str(output_dir / "predictions.csv")},
+    )
+    return result
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

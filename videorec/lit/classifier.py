@@ -1,0 +1,244 @@
+"""``VideoClassifier``: the LightningModule that trains and evaluates any backbone of the zoo.
+
+It knows nothing about a particular architecture: the backbone is built with ``create_model`` from its registry name
+and plain keyword arguments, all stored as hyperparameters, so ``VideoClassifier.load_from_checkpoint(path)`` rebuilds
+the model without Hydra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..models import create_model
+from .optim import build_optimizer, param_groups_weight_decay, warmup_cosine_lambda
+
+__all__ = ["VideoClassifier", "aggregate_views"]
+
+
+class VideoClassifier(L.LightningModule):
+    """Video classification system.
+
+    Args:
+        backbone: registry name of the model (see ``videorec.models.list_models``).
+        num_classes: number of classes.
+        backbone_kwargs: architecture overrides for ``create_model`` (``num_frames``, ``img_size``, ...).
+        pretrained: checkpoint to initialise the backbone from (any supported format). Not re-read when a
+            ``VideoClassifier`` checkpoint is loaded.
+        inflate: 2D -> 3D kernel inflation mode for ``pretrained`` (None: the family's default).
+        optimizer: ``"adamw"`` or ``"sgd"``.
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay; never applied to norms, biases and position embeddings.
+        betas: AdamW betas (SGD uses ``betas[0]`` as momentum).
+        warmup_epochs: linear warmup length in epochs (fractions allowed).
+        min_lr: final learning rate of the cosine schedule.
+        label_smoothing: label smoothing of the cross-entropy loss (also applied to mixup targets).
+        class_names: class names in label order, stored so predictions can be named.
+        data_config: the data configuration the model was trained with (plain data, unused here), stored so that
+            evaluation and prediction can rebuild the same input pipeline from the checkpoint alone.
+        compile: ``torch.compile`` the backbone at fit time.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "uniformer_tiny",
+        num_classes: int = 8,
+        backbone_kwargs: dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        inflate: str | None = None,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: Sequence[float] = (0.9, 0.999),
+        warmup_epochs: float = 1.0,
+        min_lr: float = 1e-6,
+        label_smoothing: float = 0.1,
+        class_names: list[str] | None = None,
+        data_config: dict[str, Any] | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} entries but num_classes is {num_classes}")
+        self.save_hyperparameters()
+        self.backbone = create_model(
+            backbone, num_classes=num_classes, pretrained=pretrained, inflate=inflate, **(backbone_kwargs or {})
+        )
+        top5 = min(5, num_classes)
+        self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.train_loss = MeanMetric()
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
+        self.val_acc1_best = MaxMetric()
+        self._test_views: list[dict[str, torch.Tensor]] = []
+        self.video_results: dict[str, Any] = {}
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):  # type: ignore[override]
+        """Load a checkpoint; the weights come from it, so the original ``pretrained`` file is not read again."""
+        kwargs.setdefault("pretrained", None)
+        kwargs.setdefault("weights_only", True)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) -> (B, num_classes) logits."""
+        return self.backbone(video)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile and stage == "fit":
+            self.backbone = torch.compile(self.backbone)
+
+    # --- training ---
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        video, label = batch["video"], batch["label"]
+        logits = self(video)
+        target = batch.get("target", label)  # soft (B, K) targets when mixup/cutmix is on
+        loss = F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
+        bs = video.shape[0]
+        self.train_loss(loss.detach(), bs)
+        self.train_acc1(logits.detach(), label)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, batch_size=bs)
+        self.log("train/acc1", self.train_acc1, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
+        return loss
+
+    # --- evaluation ---
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        video, label = batch["video"], batch["label"]
+        logits = self(video)
+        loss = F.cross_entropy(logits, label)
+        bs = video.shape[0]
+        metrics = {
+            "val": (self.val_loss, self.val_acc1, self.val_acc5),
+            "test": (self.test_loss, self.test_acc1, self.test_acc5),
+        }
+        loss_m, acc1, acc5 = metrics[stage]
+        loss_m(loss, bs)
+        acc1(logits, label)
+        acc5(logits, label)
+        self.log(f"{stage}/loss", loss_m, on_step=False, on_epoch=True, batch_size=bs)
+        self.log(f"{stage}/acc1", acc1, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log(f"{stage}/acc5", acc5, on_step=False, on_epoch=True, batch_size=bs)
+        return logits
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc1_best(self.val_acc1.compute())
+        self.log("val/acc1_best", self.val_acc1_best.compute(), sync_dist=False, prog_bar=True)
+
+    def on_test_epoch_start(self) -> None:
+        self._test_views = []
+        self.video_results = {}
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self._eval_step(batch, "test")
+        n = logits.shape[0]
+        zeros = torch.zeros(n, dtype=torch.long)
+        self._test_views.append(
+            {
+                "probs": logits.float().softmax(-1).cpu(),
+                "label": batch["label"].cpu(),
+                "video_index": batch.get("video_index", zeros).cpu(),
+                "clip_index": batch.get("clip_index", zeros).cpu(),
+                "crop_index": batch.get("crop_index", zeros).cpu(),
+            }
+        )
+
+    def on_test_epoch_end(self) -> None:
+        views = _gather_views(self._test_views)
+        self._test_views = []
+        if views is None:
+            return
+        self.video_results = aggregate_views(**views)
+        for key in ("video_acc1", "video_acc5"):
+            self.log(f"test/{key}", self.video_results[key], sync_dist=False)
+
+    # --- optimisation ---
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups = param_groups_weight_decay(self, hp.weight_decay)
+        optimizer = build_optimizer(groups, hp.optimizer, hp.lr, tuple(hp.betas))
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = int(round(hp.warmup_epochs * total / epochs))
+        schedule = warmup_cosine_lambda(total, warmup, min_lr_ratio=hp.min_lr / hp.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
+
+
+def _gather_views(local: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor] | None:
+    """Concatenate this rank's per-view outputs and gather them from every rank."""
+    keys = ("probs", "label", "video_index", "clip_index", "crop_index")
+    cat = {k: torch.cat([v[k] for v in local]) if local else torch.empty(0) for k in keys}
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list[dict[str, torch.Tensor] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, cat)
+        parts = [p for p in parts if p is not None and p["label"].numel()]
+        if not parts:
+            return None
+        cat = {k: torch.cat([p[k] for p in parts]) for k in keys}
+    if cat["label"].numel() == 0:
+        return None
+    return cat
+
+
+def aggregate_views(
+    probs: torch.Tensor,
+    label: torch.Tensor,
+    video_index: torch.Tensor,
+    clip_index: torch.Tensor,
+    crop_index: torch.Tensor,
+) -> dict[str, Any]:
+    """Video-level metrics: average the softmax probabilities of all views (clip x crop) of each video.
+
+    Args:
+        probs: (N, K) per-view class probabilities.
+        label: (N,) labels.
+        video_index, clip_index, crop_index: (N,) view identities. A view seen twice (e.g. from a padded sampler) is
+            counted once.
+
+    Returns:
+        ``video_acc1``, ``video_acc5``, ``num_videos``, ``num_clips`` and ``videos``: per video its index, label,
+        averaged probabilities and number of views.
+    """
+    seen: dict[tuple[int, int, int], int] = {}
+    for i, key in enumerate(zip(video_index.tolist(), clip_index.tolist(), crop_index.tolist(), strict=True)):
+        seen.setdefault(key, i)
+    keep = torch.tensor(sorted(seen.values()), dtype=torch.long)
+    probs, label, video_index = probs[keep], label[keep], video_index[keep]
+    vids, inverse = torch.unique(video_index, return_inverse=True)
+    K = probs.shape[1]
+    summed = torch.zeros(len(vids), K, dtype=torch.float64).index_add_(0, inverse, probs.double())
+    counts = torch.bincount(inverse, minlength=len(vids))
+    mean = summed / counts.unsqueeze(1)
+    video_label = torch.zeros(len(vids), dtype=torch.long).index_copy_(0, inverse, label)
+    topk = mean.topk(min(5, K), dim=1).indices
+    acc1 = (topk[:, 0] == video_label).double().mean().item()
+    acc5 = (topk == video_label.unsqueeze(1)).any(1).double().mean().item()
+    return {
+        "video_acc1": acc1,
+        "video_acc5": acc5,
+        "num_videos": len(vids),
+        "num_clips": int(keep.numel()),
+        "videos": {
+            "video_index": vids,
+            "label": video_label,
+            "probs": mean.float(),
+            "num_views": counts,
+        },
+    }

@@ -1,0 +1,134 @@
+"""Training entry point: ``python -m videorec.train [hydra overrides]``.
+
+Examples:
+    python -m videorec.train                                   # uniformer_tiny on the embedded synthetic dataset
+    python -m videorec.train model=mvit_b data=k400 data.root=/data/k400 trainer=ddp
+    python -m videorec.train experiment=demo data.temporal_control=shuffle   # the temporal control run
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .lit import VideoClassifier
+from .models import is_model, list_models
+from .models.registry import UnknownModelError
+from .utils.run import (
+    flat_metrics,
+    instantiate_callbacks,
+    instantiate_loggers,
+    print_summary,
+    wandb_run_dir,
+    write_json,
+)
+
+__all__ = ["train", "build_module", "main"]
+
+log = logging.getLogger("videorec")
+
+
+def build_module(cfg: DictConfig, num_classes: int, class_names: list[str] | None) -> VideoClassifier:
+    """The LightningModule from ``cfg.model`` (backbone) and ``cfg.module`` (optimisation), as plain data."""
+    name = cfg.model.name
+    if not is_model(name):
+        raise UnknownModelError(f"model={name}: unknown model. Known models: {', '.join(list_models())}")
+    backbone_kwargs: dict[str, Any] = {}
+    # the clip geometry follows the data unless the model config pins it
+    if cfg.get("data") is not None:
+        if cfg.data.get("num_frames") is not None:
+            backbone_kwargs["num_frames"] = int(cfg.data.num_frames)
+        if cfg.data.get("crop_size") is not None:
+            backbone_kwargs["img_size"] = int(cfg.data.crop_size)
+    backbone_kwargs.update(OmegaConf.to_container(cfg.model.get("kwargs") or {}, resolve=True))
+    module_kwargs = OmegaConf.to_container(cfg.get("module") or {}, resolve=True)
+    return VideoClassifier(
+        backbone=name,
+        num_classes=num_classes,
+        backbone_kwargs=backbone_kwargs,
+        pretrained=cfg.model.get("pretrained"),
+        inflate=cfg.model.get("inflate"),
+        class_names=list(class_names) if class_names is not None else None,
+        data_config=OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None,
+        **module_kwargs,
+    )
+
+
+def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    if ckpt_path in (None, "", "null"):
+        return None
+    if ckpt_path == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise FileNotFoundError(
+                f"ckpt_path=last: no {last}. Point hydra.run.dir at the run to resume, or pass ckpt_path=<file>."
+            )
+        return str(last)
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return str(ckpt_path)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit a model as configured, evaluate the best checkpoint, write ``metrics.json`` and return the metrics."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    model = build_module(cfg, datamodule.num_classes, getattr(datamodule, "class_names", None))
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams(resolved)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+    metrics = flat_metrics(trainer.callback_metrics)
+
+    ckpt_cb = trainer.checkpoint_callback
+    best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
+    if not trainer.fast_dev_run and best:
+        # the final validation metrics are those of the best checkpoint
+        (val,) = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+        metrics.update(flat_metrics(val))
+    if cfg.get("test"):
+        (test,) = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update(flat_metrics(test))
+        metrics.update(flat_metrics({f"test/{k}": v for k, v in model.video_results.items() if k != "videos"}))
+
+    metrics_path = output_dir / "metrics.json"
+    write_json(metrics_path, metrics)
+    wandb_dir = wandb_run_dir(loggers)
+    extra = {
+        "best checkpoint": best or None,
+        "metrics": str(metrics_path),
+        "run directory": str(output_dir),
+        "W&B run folder": wandb_dir,
+    }
+    if wandb_dir and os.environ.get("WANDB_MODE") == "offline":
+        extra["W&B"] = f"offline run; upload it with: wandb sync {wandb_dir}"
+    shown = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/", "train/acc", "train/loss_epoch"))}
+    print_summary(f"videorec: {cfg.model.name} on {OmegaConf.select(cfg, 'data.name', default='data')}", shown, extra)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get("val/acc1")  # for Hydra sweepers
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Helpers shared by the entry points: building callbacks and loggers from config, W&B mode, metrics files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = [
+    "instantiate_callbacks",
+    "instantiate_loggers",
+    "wandb_offline_by_default",
+    "flat_metrics",
+    "write_json",
+    "print_summary",
+    "wandb_run_dir",
+]
+
+log = logging.getLogger("videorec")
+
+
+def _entries(cfg: DictConfig | None, group: str) -> list[tuple[str, DictConfig]]:
+    if not cfg:
+        return []
+    if not isinstance(cfg, DictConfig):
+        raise TypeError(f"config group '{group}' must be a mapping of name -> {{_target_: ...}}, got {type(cfg)}")
+    out = []
+    for name, entry in cfg.items():
+        if entry is None:
+            continue  # disabled with `callbacks.<name>=null`
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            raise ValueError(f"{group}.{name}: expected a mapping with a _target_ key")
+        out.append((str(name), entry))
+    return out
+
+
+def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
+    return [instantiate(entry) for _, entry in _entries(cfg, "callbacks")]
+
+
+def wandb_offline_by_default() -> bool:
+    """Make W&B run offline unless the user configured it (WANDB_API_KEY or WANDB_MODE). Returns True if offline."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE"):
+        return os.environ.get("WANDB_MODE", "online") in ("offline", "dryrun")
+    os.environ["WANDB_MODE"] = "offline"
+    return True
+
+
+def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
+    loggers = []
+    for name, entry in _entries(cfg, "logger"):
+        target = str(entry["_target_"])
+        if target.endswith("WandbLogger"):
+            offline = wandb_offline_by_default()
+            if offline:
+                entry = OmegaConf.merge(entry, {"offline": True})
+            Path(entry.get("save_dir") or ".").mkdir(parents=True, exist_ok=True)
+        loggers.append(instantiate(entry))
+        log.debug("logger %s: %s", name, target)
+    return loggers
+
+
+def wandb_run_dir(loggers: list[Logger]) -> str | None:
+    """The local folder of the W&B run (what `wandb sync` takes), if a W&B logger ran on this rank."""
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            try:
+                return str(Path(lg.experiment.dir).parent)
+            except Exception:  # noqa: BLE001 - disabled run on non-zero ranks
+                return None
+    return None
+
+
+def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Tensors and numbers as plain floats, sorted by key (non-finite values kept as strings for JSON)."""
+    out: dict[str, Any] = {}
+    for key, value in sorted(metrics.items()):
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                continue
+            value = value.item()
+        if isinstance(value, (int, float)):
+            out[key] = float(value) if math.isfinite(value) else str(value)
+    return out
+
+
+@rank_zero_only
+def write_json(path: str | Path, data: Mapping[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+@rank_zero_only
+def print_summary(title: str, metrics: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
+    """A rich table of the final metrics and where things were written."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console = Console()
+    console.print(table)
+    for key, value in extra.items():
+        if value:
+            console.print(f"[bold]{key}:[/bold] {value}")
