@@ -1,0 +1,166 @@
+"""Helpers that write real video files for tests (H.264 mp4 and VP9 webm via PyAV, plus broken files).
+
+Other test modules import these; keep the signatures stable.
+
+    write_video(path, frames, fps=25, codec="h264")      frames: (T, H, W, 3) uint8
+    moving_square_frames(num_frames, height, width)      a recognisable test pattern, (T, H, W, 3) uint8
+    frame_id_frames(num_frames, height, width)           frame t is a flat grey of level 8 * t + 4
+    decoded_frame_index(frame)                           the index back from a decoded frame_id_frames frame
+    write_truncated(path, source)                        the first half of a valid file's bytes
+    write_zero_bytes(path) / write_text_as_video(path)   empty file / a text file with a video extension
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+__all__ = [
+    "decoded_frame_index",
+    "frame_id_frames",
+    "moving_square_frames",
+    "write_text_as_video",
+    "write_truncated",
+    "write_video",
+    "write_zero_bytes",
+]
+
+_CODECS = {"h264": "libx264", "vp9": "libvpx-vp9", "mpeg4": "mpeg4"}
+
+
+def write_video(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: float = 25,
+    codec: str = "h264",
+    *,
+    crf: int = 23,
+    audio: bool = False,
+    rotation: int = 0,
+    frame_times: Sequence[float] | None = None,
+) -> Path:
+    """Encode `frames` into a real video file.
+
+    Args:
+        path: output file; the container follows the suffix (.mp4, .webm, .mkv, .avi).
+        frames: (T, H, W, 3) uint8 RGB. Odd sizes are written as yuv444p (H.264) so nothing is cropped.
+        fps: nominal frame rate.
+        codec: "h264", "vp9" or "mpeg4".
+        crf: constant rate factor (quality) for h264 / vp9.
+        audio: add a silent-ish AAC (mp4) or Opus (webm) track of the same duration.
+        rotation: display-matrix rotation in degrees counter-clockwise (0, 90, 180, 270); the stored frames are
+            `frames` rotated back, so a decoder that honours the flag returns `frames`.
+        frame_times: per-frame presentation times in seconds for a variable-frame-rate file.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    if rotation % 360:
+        # The decoder rotates by `rotation` degrees counter-clockwise for display: store the inverse.
+        frames = np.ascontiguousarray(np.rot90(frames, k=-(rotation // 90), axes=(1, 2)))
+    _, height, width, _ = frames.shape
+    odd = height % 2 or width % 2
+    with av.open(str(path), "w") as container:
+        rate = Fraction(fps).limit_denominator(1000)
+        stream = container.add_stream(_CODECS[codec], rate=rate)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv444p" if (odd and codec == "h264") else "yuv420p"
+        if codec == "h264":
+            stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        elif codec == "vp9":
+            stream.options = {"crf": str(crf), "b": "0", "deadline": "realtime", "cpu-used": "8", "threads": "1"}
+        time_base = Fraction(1, 1000) if frame_times is not None else 1 / rate
+        stream.time_base = time_base
+        stream.codec_context.time_base = time_base
+        if rotation % 360:
+            stream.set_display_rotation(rotation % 360)
+        audio_stream = None
+        if audio:
+            audio_codec = "libopus" if path.suffix == ".webm" else "aac"
+            audio_stream = container.add_stream(audio_codec, rate=48000)
+            audio_stream.layout = "mono"
+        for t, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts = round(frame_times[t] / time_base) if frame_times is not None else t
+            frame.time_base = time_base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+        if audio_stream is not None:
+            duration = len(frames) / float(fps) if frame_times is None else frame_times[-1] + 1 / float(fps)
+            _write_audio(container, audio_stream, duration)
+    return path
+
+
+def _write_audio(container: av.container.OutputContainer, stream: av.AudioStream, duration: float) -> None:
+    samples_per_frame, rate = 960, 48000
+    total = int(duration * rate)
+    tone = (0.1 * np.sin(2 * np.pi * 440 * np.arange(total) / rate)).astype(np.float32)
+    for start in range(0, total, samples_per_frame):
+        chunk = tone[start : start + samples_per_frame]
+        if len(chunk) < samples_per_frame:
+            chunk = np.pad(chunk, (0, samples_per_frame - len(chunk)))
+        frame = av.AudioFrame.from_ndarray(chunk[None], format="flt", layout="mono")
+        frame.sample_rate = rate
+        frame.pts = start
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
+def moving_square_frames(num_frames: int = 16, height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:
+    """A coloured square moving right over a noisy background: (T, H, W, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(40, 90, size=(height, width, 3), dtype=np.uint8)
+    frames = np.repeat(background[None], num_frames, axis=0)
+    side = max(2, min(height, width) // 4)
+    for t in range(num_frames):
+        x = int((width - side) * t / max(num_frames - 1, 1))
+        y = (height - side) // 2
+        frames[t, y : y + side, x : x + side] = (230, 60, 30)
+    return frames
+
+
+def frame_id_frames(num_frames: int = 16, height: int = 32, width: int = 32) -> np.ndarray:
+    """Frame t is a flat grey image of level 8 * t (t < 32), so a decoded frame tells its index."""
+    levels = (8 * np.arange(num_frames) + 4).clip(0, 255).astype(np.uint8)
+    return np.broadcast_to(levels[:, None, None, None], (num_frames, height, width, 3)).copy()
+
+
+def decoded_frame_index(frame: np.ndarray) -> int:
+    """Inverse of `frame_id_frames` for a decoded (H, W, 3) or (3, H, W) frame."""
+    return int(round((float(np.asarray(frame, dtype=np.float64).mean()) - 4) / 8))
+
+
+def write_truncated(path: str | Path, source: str | Path, fraction: float = 0.5) -> Path:
+    """Write the first `fraction` of the bytes of a valid video: a download cut short."""
+    data = Path(source).read_bytes()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def write_zero_bytes(path: str | Path) -> Path:
+    """An empty file with a video name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def write_text_as_video(path: str | Path) -> Path:
+    """A text file named like a video (an HTML error page saved as .mp4)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("<html><body>404 Not Found</body></html>\n" * 20)
+    return path

@@ -1,0 +1,28 @@
+"""Video data: datamodules (synthetic, Kinetics, Something-Something v2), clip sampling, decoding, transforms.
+
+`hydra.utils.instantiate(cfg.data)` builds one of the datamodules below; see `datamodule.py` for the batch contract.
+"""
+
+from .callbacks import SkippedVideosCallback
+from .datamodule import VideoDataModule
+from .datasets import EvalDistributedSampler, VideoClipDataset, VideoCollate, VideoRecord
+from .decoding import VideoDecodeError, read_frames
+from .kinetics import KineticsDataModule, ListFileError, read_video_list
+from .ssv2 import SSv2DataModule
+from .synthetic import SyntheticDataModule
+
+__all__ = [
+    "EvalDistributedSampler",
+    "KineticsDataModule",
+    "ListFileError",
+    "SSv2DataModule",
+    "SkippedVideosCallback",
+    "SyntheticDataModule",
+    "VideoClipDataset",
+    "VideoCollate",
+    "VideoDataModule",
+    "VideoDecodeError",
+    "VideoRecord",
+    "read_frames",
+    "read_video_list",
+]

@@ -1,0 +1,217 @@
+"""The map-style clip dataset every datamodule reads through, its samplers and its collate.
+
+One item of `VideoClipDataset` is one (video, clip) pair: in training a random clip of video `i`; in evaluation the
+uniformly spaced clip `clip_index` of video `i // num_clips`, returned as `num_crops` spatial views decoded once.
+An item is a list of samples (dicts); a video that cannot be decoded gives `[{"skipped": "<path>: <reason>"}]`
+instead, and the collate drops it from the batch and lists it under the batch key `skipped`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data._utils.collate import default_collate
+
+from .decoding import VideoDecodeError, read_frames
+from .sampling import apply_temporal_control, dense_indices, segment_indices
+from .transforms import EvalClipTransform, MixupCutmix, TrainClipTransform
+
+__all__ = [
+    "EvalDistributedSampler",
+    "VideoClipDataset",
+    "VideoCollate",
+    "VideoRecord",
+    "dist_info",
+    "seed_worker",
+]
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One labelled video: a file, or a folder of extracted frames."""
+
+    path: str
+    label: int
+
+
+class VideoClipDataset(Dataset):
+    """Decode, sample and transform clips of labelled videos.
+
+    Args:
+        records: the videos.
+        train: random clips (and augmentation) or the evaluation views.
+        num_frames: T, frames per clip.
+        sampling_rate: stride between frames (dense sampling).
+        sampling: "dense" (T frames at stride s) or "segment" (one frame from each of T segments).
+        transform: a `TrainClipTransform` (train) or `EvalClipTransform` (eval).
+        num_clips: evaluation clips per video.
+        num_crops: evaluation crops per clip (1 centre, 3 along the long side).
+        temporal_control: "none", "repeat" or "shuffle" (see `sampling.apply_temporal_control`).
+        decoder: "decord", "pyav" or "torchcodec".
+        fallback_decoder: tried when `decoder` fails on a file (None for none).
+        flip_prob: probability of a horizontal flip in training.
+        flip_labels: label -> label after a horizontal flip (left/right classes swap); a label mapped to None is
+            never flipped; labels not in the mapping keep their label.
+        seed: base seed of the evaluation views' RNG (temporal shuffles), so evaluation is deterministic.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[VideoRecord],
+        *,
+        train: bool,
+        num_frames: int,
+        sampling_rate: int,
+        sampling: str,
+        transform: TrainClipTransform | EvalClipTransform,
+        num_clips: int = 1,
+        num_crops: int = 1,
+        temporal_control: str = "none",
+        decoder: str = "decord",
+        fallback_decoder: str | None = "pyav",
+        flip_prob: float = 0.0,
+        flip_labels: Mapping[int, int | None] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if sampling not in ("dense", "segment"):
+            raise ValueError(f"sampling must be 'dense' or 'segment', got {sampling!r}")
+        self.records = list(records)
+        self.train, self.num_frames, self.sampling_rate, self.sampling = train, num_frames, sampling_rate, sampling
+        self.transform = transform
+        self.num_clips, self.num_crops = (1, 1) if train else (num_clips, num_crops)
+        self.temporal_control, self.decoder, self.fallback_decoder = temporal_control, decoder, fallback_decoder
+        self.flip_prob, self.flip_labels, self.seed = flip_prob, dict(flip_labels or {}), seed
+
+    def __len__(self) -> int:
+        return len(self.records) * self.num_clips
+
+    def _indices(self, num_video_frames: int, clip_index: int | None, generator: torch.Generator | None) -> np.ndarray:
+        if self.sampling == "dense":
+            indices = dense_indices(
+                num_video_frames,
+                self.num_frames,
+                self.sampling_rate,
+                clip_index=clip_index,
+                num_clips=self.num_clips,
+                generator=generator,
+            )
+        else:
+            indices = segment_indices(
+                num_video_frames, self.num_frames, clip_index=clip_index, num_clips=self.num_clips, generator=generator
+            )
+        return apply_temporal_control(indices, self.temporal_control, generator=generator, train=self.train)
+
+    def __getitem__(self, index: int) -> list[dict[str, Any]]:
+        video_index, clip_index = divmod(index, self.num_clips)
+        record = self.records[video_index]
+        # Training draws from the worker's global RNG; evaluation views are seeded, hence reproducible.
+        generator = None if self.train else torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        clip = None if self.train else clip_index
+        try:
+            frames = read_frames(
+                record.path, lambda n: self._indices(n, clip, generator), self.decoder, self.fallback_decoder
+            )
+        except VideoDecodeError as err:
+            return [{"skipped": str(err)}]
+        label = record.label
+        if self.train:
+            flippable = self.flip_prob > 0 and self.flip_labels.get(label, label) is not None
+            if flippable and float(torch.rand(())) < self.flip_prob:
+                frames = frames.flip(2)  # (T, H, W, 3): mirror W
+                label = self.flip_labels.get(label, label)
+            return [self._sample(self.transform(frames), label, video_index, 0, 0)]
+        return [
+            self._sample(self.transform(frames, crop_index, self.num_crops), label, video_index, clip_index, crop_index)
+            for crop_index in range(self.num_crops)
+        ]
+
+    @staticmethod
+    def _sample(video: torch.Tensor, label: int, video_index: int, clip_index: int, crop_index: int) -> dict:
+        return {
+            "video": video,
+            "label": label,
+            "video_index": video_index,
+            "clip_index": clip_index,
+            "crop_index": crop_index,
+        }
+
+
+class VideoCollate:
+    """Flatten the items' samples into one batch dict, drop skipped videos, optionally mix up.
+
+    The batch holds `video` (B, C, T, H, W), `label`, `video_index`, `clip_index`, `crop_index` (B,) long, `skipped`
+    (list of "<path>: <reason>" strings, possibly empty) and, with mixup/cutmix, `target` (B, num_classes) float.
+    If every video of a batch was skipped, B is 0.
+
+    Args:
+        clip_shape: (C, T, H, W) of one clip, for an empty batch.
+        mixup: the train batch mixer, or None.
+    """
+
+    KEYS = ("label", "video_index", "clip_index", "crop_index")
+
+    def __init__(self, clip_shape: Sequence[int], mixup: MixupCutmix | None = None) -> None:
+        self.clip_shape, self.mixup = tuple(clip_shape), mixup
+
+    def __call__(self, items: list[list[dict[str, Any]]]) -> dict[str, Any]:
+        samples = [sample for item in items for sample in item]
+        good = [s for s in samples if "skipped" not in s]
+        if good:
+            batch = default_collate(good)
+        else:
+            batch = {"video": torch.zeros((0, *self.clip_shape))}
+            batch |= {key: torch.zeros(0, dtype=torch.long) for key in self.KEYS}
+        batch["skipped"] = [s["skipped"] for s in samples if "skipped" in s]
+        if self.mixup is not None:
+            batch["video"], batch["target"] = self.mixup(batch["video"], batch["label"])
+        return batch
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world_size) of the default process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class EvalDistributedSampler(DistributedSampler):
+    """Every index exactly once across ranks, in order, with no padding (ranks may differ by one item).
+
+    A `DistributedSampler` subclass, so Lightning's automatic sampler replacement leaves it alone. Evaluation steps
+    do no collective communication, so uneven per-rank lengths are safe; metrics synchronise at epoch end.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        rank_, world = dist_info()
+        super().__init__(
+            dataset,
+            num_replicas=world if num_replicas is None else num_replicas,
+            rank=rank_ if rank is None else rank,
+            shuffle=False,
+        )
+        total = len(self.dataset)  # type: ignore[arg-type]
+        self.num_samples = max(0, math.ceil((total - self.rank) / self.num_replicas))
+        self.total_size = total
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.total_size, self.num_replicas))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def seed_worker(worker_id: int, rank: int = 0) -> None:
+    """DataLoader worker init: distinct RNG streams per rank and worker (the base seed is the same on every rank)."""
+    import random
+
+    seed = (torch.initial_seed() + 1_000_003 * rank) % 2**63
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)

@@ -1,0 +1,167 @@
+"""Decode only the frames a clip needs, by index, with decord (default), PyAV or torchcodec, or from a frame folder.
+
+`read_frames(path, choose_indices, decoder)` opens a video, asks `choose_indices(num_video_frames)` which frames
+it wants, and returns them as a uint8 tensor (T, H, W, 3). Frames stay uint8 until the transform. Rotation flags
+are honoured by every backend (decord and torchcodec apply the display matrix; the PyAV path rotates itself).
+Anything that goes wrong raises `VideoDecodeError` naming the file; the dataset turns that into a skipped sample.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["DECODERS", "VideoDecodeError", "check_decoder", "read_frames"]
+
+DECODERS = ("decord", "pyav", "torchcodec")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+IndexFn = Callable[[int], np.ndarray]
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be read: missing, empty, truncated or not a video."""
+
+
+def check_decoder(decoder: str) -> None:
+    """Fail early, with a clear message, when a decoder is unknown or cannot be loaded."""
+    if decoder not in DECODERS:
+        raise ValueError(f"data.decoder must be one of {DECODERS}, got {decoder!r}")
+    if decoder == "torchcodec":
+        try:
+            from torchcodec.decoders import VideoDecoder  # noqa: F401
+        except Exception as err:  # ImportError, or OSError when FFmpeg's shared libraries are missing
+            raise RuntimeError(
+                "data.decoder=torchcodec needs the torchcodec package and FFmpeg's shared libraries (libavcodec etc., "
+                "e.g. `pip install torchcodec` and `apt-get install ffmpeg`); loading it failed: "
+                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
+                "Use data.decoder=decord or pyav."
+            ) from err
+
+
+def _gather(unique: np.ndarray, frames: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
+    """Frames decoded for the sorted unique indices -> frames in the requested order (repeats included)."""
+    return frames[torch.from_numpy(np.searchsorted(unique, indices))]
+
+
+def _read_decord(path: str, choose: IndexFn) -> torch.Tensor:
+    import decord
+
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    try:
+        indices = choose(len(reader))
+        unique = np.unique(indices)
+        batch = reader.get_batch(unique.tolist())
+        # pytorchvideo's decord module switches decord's bridge to torch; accept either kind of array.
+        frames = batch if isinstance(batch, torch.Tensor) else torch.from_numpy(batch.asnumpy())
+    finally:
+        del reader  # decord's reader grows across get_batch calls: never keep one alive
+    return _gather(unique, frames, indices)
+
+
+def _count_packets(path: str) -> int:
+    import av
+
+    with av.open(path) as container:
+        return sum(1 for packet in container.demux(video=0) if packet.size)
+
+
+def _read_pyav(path: str, choose: IndexFn) -> torch.Tensor:
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        num_video_frames = stream.frames or _count_packets(path)  # webm headers carry no frame count
+        if num_video_frames <= 0:
+            raise VideoDecodeError(f"{path}: no video frames")
+        indices = choose(num_video_frames)
+        wanted = set(indices.tolist())
+        last = max(wanted)
+        decoded: dict[int, np.ndarray] = {}
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                array = frame.to_ndarray(format="rgb24")
+                rotation = getattr(frame, "rotation", 0) or 0
+                if rotation % 360:
+                    array = np.rot90(array, k=rotation // 90)
+                decoded[i] = np.ascontiguousarray(array)
+            if i >= last:
+                break
+    if not decoded:
+        raise VideoDecodeError(f"{path}: no frame could be decoded")
+    available = np.array(sorted(decoded))
+    # A header that promised more frames than the stream holds: clamp to the last frame decoded.
+    nearest = available[np.clip(np.searchsorted(available, indices), 0, len(available) - 1)]
+    return torch.from_numpy(np.stack([decoded[i] for i in nearest.tolist()]))
+
+
+def _read_torchcodec(path: str, choose: IndexFn) -> torch.Tensor:
+    from torchcodec.decoders import VideoDecoder
+
+    reader = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=1, seek_mode="exact")
+    indices = choose(reader.metadata.num_frames)
+    unique = np.unique(indices)
+    frames = reader.get_frames_at(unique.tolist()).data
+    return _gather(unique, frames, indices)
+
+
+def _read_folder(path: str, choose: IndexFn) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
+    if not names:
+        raise VideoDecodeError(f"{path}: frame folder holds no {'/'.join(IMAGE_SUFFIXES)} images")
+    indices = choose(len(names))
+    unique = np.unique(indices)
+    images = [decode_image(read_file(os.path.join(path, names[i])), mode=ImageReadMode.RGB) for i in unique.tolist()]
+    frames = torch.stack(images).permute(0, 2, 3, 1)  # (N, 3, H, W) -> (N, H, W, 3)
+    return _gather(unique, frames, indices)
+
+
+_READERS = {"decord": _read_decord, "pyav": _read_pyav, "torchcodec": _read_torchcodec}
+
+
+def read_frames(
+    path: str | Path, choose_indices: IndexFn, decoder: str = "decord", fallback: str | None = "pyav"
+) -> torch.Tensor:
+    """Decode the frames `choose_indices(num_video_frames)` names.
+
+    Args:
+        path: a video file, or a folder of frame images (extracted frames, sorted by name).
+        choose_indices: maps the video's frame count to the (T,) frame indices wanted (repeats allowed).
+        decoder: "decord", "pyav" or "torchcodec".
+        fallback: a second decoder tried when the first fails (decord rejects a few valid files); None for none.
+
+    Returns:
+        (T, H, W, 3) uint8 frames.
+
+    Raises:
+        VideoDecodeError: the path is missing or no decoder can read it; the message names the file.
+    """
+    path = str(path)
+    if not os.path.exists(path):
+        raise VideoDecodeError(f"{path}: no such file")
+    if os.path.isdir(path):
+        readers = [_read_folder]
+    else:
+        if os.path.getsize(path) == 0:
+            raise VideoDecodeError(f"{path}: empty file (0 bytes)")
+        readers = [_READERS[decoder]]
+        if fallback and fallback != decoder:
+            readers.append(_READERS[fallback])
+    errors = []
+    for reader in readers:
+        try:
+            frames = reader(path, choose_indices)
+        except Exception as err:  # decoders raise many types (DECORDError, av.error.*, RuntimeError)
+            errors.append(f"{reader.__name__[6:]}: {type(err).__name__}: {str(err).strip().splitlines()[-1:]}")
+            continue
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+            errors.append(f"{reader.__name__[6:]}: unexpected frame array {tuple(frames.shape)}")
+            continue
+        return frames
+    raise VideoDecodeError(f"{path}: cannot decode ({'; '.join(errors)})")

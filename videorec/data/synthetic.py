@@ -1,0 +1,233 @@
+"""The embedded synthetic dataset: eight motion classes that only temporal reasoning tells apart.
+
+Every video is 16 frames of 64 x 64 pixels: one object (disc, square or diamond, random colour and size) over a
+smooth random background with fresh pixel noise in every frame. Classes come in time-reversal pairs, and the second
+class of each pair is *made* by reversing a video of the first, so both classes of a pair have exactly the same
+distribution of single frames:
+
+| pair | forward class | its time reversal | motion |
+|---|---|---|---|
+| 0 | `move_right` | `move_left` | horizontal translation across a segment |
+| 1 | `bounce_early` | `bounce_late` | across the segment and back, turning early (20-35 % of the way) or late |
+| 2 | `clockwise` | `counterclockwise` | along a circular arc (150-270 degrees) |
+| 3 | `swing_early` | `swing_late` | along the arc and back, turning early or late (direction random) |
+
+Within the two groups {0, 1} and {2, 3} the unordered set of frames is also (nearly) the same - a segment or an arc
+covered uniformly - and object positions, sizes and colours follow one distribution across all eight classes, so one
+frame repeated scores at chance (12.5 %) and shuffled frames at best tell the group (25 %). A model must use the
+order of the frames to exceed that.
+
+The files are real H.264 mp4s written with PyAV, with Kinetics-style lists (`train.txt`, `val.txt`: `<path> <label>`)
+and `classes.txt`, read through exactly the same `KineticsDataModule` path (decord) as Kinetics. Generation is
+deterministic (seeded per video, single-threaded x264) and atomic: written to a temporary folder, then renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .datasets import VideoRecord, dist_info
+from .kinetics import KineticsDataModule
+
+__all__ = ["CLASSES", "VERSION", "SyntheticDataModule", "generate", "render"]
+
+VERSION = "v1"
+CLASSES = (
+    "move_right",
+    "move_left",
+    "bounce_early",
+    "bounce_late",
+    "clockwise",
+    "counterclockwise",
+    "swing_early",
+    "swing_late",
+)
+# Each odd class is the time reversal of the even class before it.
+FORWARD = {name: CLASSES[i - i % 2] for i, name in enumerate(CLASSES)}
+SIZE, FRAMES, FPS = 64, 16, 8
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    """A smooth random colour texture, (H, W, 3) float in [0, 255]."""
+    coarse = rng.uniform(0, 1, size=(6, 6, 3))
+    grid = np.linspace(0, 5, SIZE)
+    i0 = np.floor(grid).astype(int).clip(0, 4)
+    frac = grid - i0
+    rows = coarse[i0] * (1 - frac)[:, None, None] + coarse[i0 + 1] * frac[:, None, None]  # (H, 6, 3)
+    texture = rows[:, i0] * (1 - frac)[None, :, None] + rows[:, i0 + 1] * frac[None, :, None]  # (H, W, 3)
+    base = rng.uniform(40, 140, size=3)
+    return base + rng.uniform(20, 70) * (texture - 0.5)
+
+
+def _object_alpha(shape: str, cx: float, cy: float, radius: float) -> np.ndarray:
+    """Anti-aliased coverage of a disc / square / diamond centred at (cx, cy), (H, W) in [0, 1]."""
+    ys, xs = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64) + 0.5
+    dx, dy = np.abs(xs - cx), np.abs(ys - cy)
+    if shape == "disc":
+        dist = np.hypot(dx, dy)
+    elif shape == "square":
+        dist = np.maximum(dx, dy) * 1.1
+    else:
+        dist = (dx + dy) * 0.75
+    return np.clip(radius + 0.5 - dist, 0, 1)
+
+
+def _turn_path(num: int, turn: float) -> np.ndarray:
+    """Progress 0 -> 1 -> 0 over `num` frames, turning at fraction `turn` of the clip."""
+    t = np.arange(num) / (num - 1)
+    return np.where(t <= turn, t / turn, 1 - (t - turn) / (1 - turn))
+
+
+def _trajectory(kind: str, rng: np.random.Generator, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Object centres (T,), (T,) for one of the four forward classes."""
+    t = np.linspace(0, 1, FRAMES)
+    margin = radius + 1
+    if kind in ("move_right", "bounce_early"):
+        length = rng.uniform(24, 40)
+        left = rng.uniform(margin, SIZE - margin - length)
+        y = np.full(FRAMES, rng.uniform(margin, SIZE - margin))
+        if kind == "move_right":
+            return left + length * t, y
+        progress = _turn_path(FRAMES, rng.uniform(0.2, 0.35))
+        start, sign = (left, 1.0) if rng.random() < 0.5 else (left + length, -1.0)
+        return start + sign * length * progress, y
+    orbit = rng.uniform(12, 19)
+    cx, cy = rng.uniform(margin + orbit, SIZE - margin - orbit, size=2)
+    span = np.deg2rad(rng.uniform(150, 270))
+    theta0 = rng.uniform(0, 2 * np.pi)
+    if kind == "clockwise":  # image y points down: increasing angle turns clockwise on screen
+        theta = theta0 + span * t
+    else:
+        theta = theta0 + (1 if rng.random() < 0.5 else -1) * span * _turn_path(FRAMES, rng.uniform(0.2, 0.35))
+    return cx + orbit * np.cos(theta), cy + orbit * np.sin(theta)
+
+
+def render(class_name: str, rng: np.random.Generator) -> np.ndarray:
+    """One video of `class_name` as (T, H, W, 3) uint8 frames (the partner classes are reversed forward videos)."""
+    if class_name not in FORWARD:
+        raise ValueError(f"unknown synthetic class {class_name!r}; classes: {CLASSES}")
+    background = _background(rng)
+    shape = ("disc", "square", "diamond")[rng.integers(3)]
+    colour = rng.uniform(0, 255, size=3)
+    colour[rng.integers(3)] = rng.choice([rng.uniform(0, 40), rng.uniform(215, 255)])  # keep it saturated
+    radius = rng.uniform(4.5, 8.5)
+    xs, ys = _trajectory(FORWARD[class_name], rng, radius)
+    noise = rng.normal(0, 5, size=(FRAMES, SIZE, SIZE, 3))
+    frames = np.empty((FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
+    for i in range(FRAMES):
+        alpha = _object_alpha(shape, xs[i], ys[i], radius)[..., None]
+        frames[i] = np.clip(background * (1 - alpha) + colour * alpha + noise[i], 0, 255).astype(np.uint8)
+    return frames[::-1].copy() if FORWARD[class_name] != class_name else frames
+
+
+def _encode(path: Path, frames: np.ndarray, crf: int) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(FPS))
+        stream.width = stream.height = SIZE
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def generate(root: str | os.PathLike, train_per_class: int, val_per_class: int, seed: int = 0, crf: int = 26) -> Path:
+    """Write the dataset to `root` atomically (a temporary sibling folder renamed into place).
+
+    Returns:
+        `root`. If another process finished first, its copy is kept and ours discarded.
+    """
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        for split_id, (split, count) in enumerate((("train", train_per_class), ("val", val_per_class))):
+            lines = []
+            for label, name in enumerate(CLASSES):
+                folder = tmp / "videos" / split / name
+                folder.mkdir(parents=True)
+                for i in range(count):
+                    rng = np.random.default_rng([seed, split_id, label, i])
+                    _encode(folder / f"{i:04d}.mp4", render(name, rng), crf)
+                    lines.append(f"videos/{split}/{name}/{i:04d}.mp4 {label}")
+            (tmp / f"{split}.txt").write_text("\n".join(lines) + "\n")
+        (tmp / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+        meta = dict(version=VERSION, train_per_class=train_per_class, val_per_class=val_per_class, seed=seed, crf=crf)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not (root / "meta.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+class SyntheticDataModule(KineticsDataModule):
+    """The embedded dataset, generated on first use and read exactly like Kinetics.
+
+    Args:
+        root: cache folder (`${oc.env:VIDEOREC_CACHE,~/.cache/videorec}/synthetic-v1` in the config).
+        train_per_class: training videos per class.
+        val_per_class: validation videos per class (the test split is the validation split).
+        generation_seed: seed of the generator.
+        crf: x264 constant rate factor.
+        **kwargs: the shared `VideoDataModule` arguments.
+    """
+
+    def __init__(
+        self,
+        root: str = f"~/.cache/videorec/synthetic-{VERSION}",
+        train_per_class: int = 48,
+        val_per_class: int = 16,
+        generation_seed: int = 0,
+        crf: int = 26,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            root=root,
+            class_names=list(CLASSES),
+            train_list="train.txt",
+            val_list="val.txt",
+            test_list="val.txt",
+            **kwargs,
+        )
+        self.meta = dict(
+            version=VERSION, train_per_class=train_per_class, val_per_class=val_per_class, seed=generation_seed, crf=crf
+        )
+
+    def prepare_data(self) -> None:
+        """Generate the dataset if the cache folder has none (Lightning calls this on one process per node)."""
+        meta_file = self.root / "meta.json"
+        if meta_file.exists():
+            found = json.loads(meta_file.read_text())
+            if found != self.meta:
+                raise RuntimeError(
+                    f"{self.root} holds a synthetic dataset made with {found}, not {self.meta}: "
+                    "delete it or point data.root elsewhere"
+                )
+            return
+        if self.root.exists() and any(self.root.iterdir()):
+            raise RuntimeError(f"{self.root} exists but holds no complete synthetic dataset (no meta.json)")
+        if self.root.exists():
+            self.root.rmdir()
+        m = self.meta
+        generate(self.root, m["train_per_class"], m["val_per_class"], seed=m["seed"], crf=m["crf"])
+
+    def load_records(self, split: str) -> list[VideoRecord]:
+        if not (self.root / "meta.json").exists():
+            if dist_info()[1] > 1:
+                raise FileNotFoundError(f"{self.root}: no synthetic dataset; prepare_data() must run first")
+            self.prepare_data()
+        return super().load_records(split)
