@@ -8,6 +8,7 @@ Other test modules import these; keep the signatures stable.
     decoded_frame_index(frame)                           the index back from a decoded frame_id_frames frame
     write_truncated(path, source)                        the first half of a valid file's bytes
     write_zero_bytes(path) / write_text_as_video(path)   empty file / a text file with a video extension
+    write_kinetics_dataset(root, class_names, fmt=...)   a tiny Kinetics tree with lists in any supported format
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "decoded_frame_index",
     "frame_id_frames",
     "moving_square_frames",
+    "write_kinetics_dataset",
     "write_text_as_video",
     "write_truncated",
     "write_video",
@@ -164,3 +166,40 @@ def write_text_as_video(path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("<html><body>404 Not Found</body></html>\n" * 20)
     return path
+
+
+def write_kinetics_dataset(
+    root: str | Path,
+    class_names: Sequence[str],
+    per_class: int = 2,
+    splits: Sequence[str] = ("train", "val"),
+    num_frames: int = 12,
+    size: tuple[int, int] = (32, 40),
+    fmt: str = "space",
+) -> Path:
+    """A tiny Kinetics-style dataset: `root/<split>/<class>/<name>.mp4` plus list files in format `fmt`.
+
+    fmt: "space" (`<path> <label>` in `<split>.txt`), "comma" (`path,label` in `<split>.csv`), "official"
+    (`label,youtube_id,time_start,time_end,split` in `<split>.csv`, files named `<id>_<start:06d>_<end:06d>.mp4`)
+    or "tree" (no list: the `<split>/` class folders themselves).
+    """
+    root = Path(root)
+    for split in splits:
+        lines = ["label,youtube_id,time_start,time_end,split"] if fmt == "official" else []
+        for label, name in enumerate(class_names):
+            for i in range(per_class):
+                video_id = f"{name[:3]}{split[:2]}{i:03d}x"
+                stem = f"{video_id}_{10 * i:06d}_{10 * i + 10:06d}" if fmt == "official" else f"{video_id}"
+                rel = Path(split) / name.replace(" ", "_") / f"{stem}.mp4"
+                frames = moving_square_frames(num_frames, *size, seed=label * 100 + i)
+                write_video(root / rel, frames, fps=10)
+                if fmt == "space":
+                    lines.append(f"{rel} {label}")
+                elif fmt == "comma":
+                    lines.append(f"{rel},{label}")
+                elif fmt == "official":
+                    lines.append(f'"{name}",{video_id},{10 * i},{10 * i + 10},{split}')
+        if fmt != "tree":
+            suffix = ".txt" if fmt == "space" else ".csv"
+            (root / f"{split}{suffix}").write_text("\n".join(lines) + "\n")
+    return root

@@ -159,7 +159,7 @@ class VideoDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> VideoClipDataset:
         """The clip dataset of a split (after `setup`)."""
         if split not in self.records:
-            self.setup({"train": "fit", "val": "validate", "test": "test"}[split])
+            self.records[split] = self.load_records(split)
         common = dict(
             num_frames=self.num_frames,
             sampling_rate=self.sampling_rate,

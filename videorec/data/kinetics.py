@@ -50,7 +50,10 @@ def load_class_names(source: str | os.PathLike) -> list[str]:
     if str(source) in LABEL_FILES:
         ref = resources.files("videorec.data") / "labels" / LABEL_FILES[str(source)]
         if not ref.is_file():
-            raise FileNotFoundError(f"no shipped class list for {source!r} (labels/{LABEL_FILES[str(source)]})")
+            raise FileNotFoundError(
+                f"no class list is shipped for {source!r}: set data.class_names_file to the class names, one a line, "
+                "in the alphabetical order of the official label names"
+            )
         text = ref.read_text()
     else:
         text = Path(source).read_text()

@@ -1,0 +1,172 @@
+"""The datamodule contract: batch keys and shapes, evaluation views, mixup targets, the temporal control switch,
+and bad videos skipped and counted (through a real Lightning fit with `SkippedVideosCallback`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from video_factory import (
+    frame_id_frames,
+    write_kinetics_dataset,
+    write_text_as_video,
+    write_truncated,
+    write_video,
+    write_zero_bytes,
+)
+
+from videorec.data import KineticsDataModule, SkippedVideosCallback
+
+CLASSES = ["left", "right", "up"]
+SMALL = dict(num_frames=4, sampling_rate=2, crop_size=24, num_workers=0, batch_size=4, class_names=CLASSES)
+
+
+@pytest.fixture(scope="module")
+def kinetics_root(tmp_path_factory) -> Path:
+    return write_kinetics_dataset(tmp_path_factory.mktemp("k"), CLASSES, per_class=2, num_frames=12, fmt="space")
+
+
+@pytest.fixture(scope="module")
+def broken_root(tmp_path_factory, kinetics_root) -> Path:
+    """4 good videos and 4 broken ones (truncated, zero bytes, text, missing) in one list."""
+    root = tmp_path_factory.mktemp("broken")
+    good = sorted(kinetics_root.glob("train/*/*.mp4"))[:4]
+    lines = [f"{path} {i % 3}" for i, path in enumerate(good)]
+    bad = [
+        write_truncated(root / "truncated.mp4", good[0]),
+        write_zero_bytes(root / "zero.mp4"),
+        write_text_as_video(root / "text.mp4"),
+        root / "missing.mp4",
+    ]
+    lines += [f"{path} 0" for path in bad]
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    (root / "val.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _all(loader) -> list[dict]:
+    return list(loader)
+
+
+def test_batch_contract(kinetics_root):
+    dm = KineticsDataModule(root=str(kinetics_root), **SMALL)
+    assert dm.num_classes == 3 and dm.class_names == CLASSES
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["video"].shape == (4, 3, 4, 24, 24) and batch["video"].dtype == torch.float32
+    for key in ("label", "video_index", "clip_index", "crop_index"):
+        assert batch[key].shape == (4,) and batch[key].dtype == torch.long
+    assert batch["skipped"] == [] and "target" not in batch
+    # normalised with mean/std 0.45/0.225: [0, 1] pixels map into [-2, 2.45]
+    assert batch["video"].min() >= -2.0 - 1e-4 and batch["video"].max() <= 2.4445 + 1e-4
+    val = _all(dm.val_dataloader())
+    assert sum(len(b["label"]) for b in val) == 6
+    assert all(b["clip_index"].eq(0).all() and b["crop_index"].eq(0).all() for b in val)
+
+
+def test_test_views_cover_every_clip_and_crop_once(kinetics_root):
+    dm = KineticsDataModule(root=str(kinetics_root), eval_clips=2, eval_crops=3, **SMALL)
+    dm.setup("test")
+    batches = _all(dm.test_dataloader())
+    views = [
+        (int(v), int(c), int(k))
+        for b in batches
+        for v, c, k in zip(b["video_index"], b["clip_index"], b["crop_index"], strict=True)
+    ]
+    assert sorted(views) == [(v, c, k) for v in range(6) for c in range(2) for k in range(3)]
+    video = torch.cat([b["video"] for b in batches])
+    first = [i for i, view in enumerate(views) if view[0] == 0]
+    assert len({video[i].sum().item() for i in first}) == 6  # six distinct views of video 0
+
+
+def test_mixup_and_cutmix_give_soft_targets(kinetics_root):
+    dm = KineticsDataModule(root=str(kinetics_root), mixup_alpha=0.8, cutmix_alpha=1.0, **SMALL)
+    dm.setup("fit")
+    for batch in dm.train_dataloader():
+        assert batch["target"].shape == (len(batch["label"]), 3)
+        assert torch.allclose(batch["target"].sum(1), torch.ones(len(batch["label"])))
+    assert "target" not in next(iter(dm.val_dataloader()))
+
+
+@pytest.mark.parametrize("control", ["none", "repeat", "shuffle"])
+def test_temporal_control_switch(tmp_path, control):
+    write_video(tmp_path / "v.mp4", frame_id_frames(16, 32, 32))
+    (tmp_path / "train.txt").write_text("v.mp4 0\n" * 4)
+    (tmp_path / "val.txt").write_text("v.mp4 0\n")
+    torch.manual_seed(0)
+    dm = KineticsDataModule(
+        root=str(tmp_path), temporal_control=control, **(SMALL | dict(num_frames=8, sampling_rate=2))
+    )
+    for loader in (dm.train_dataloader(), dm.val_dataloader()):
+        for clip in next(iter(loader))["video"]:
+            levels = clip.mean(dim=(0, 2, 3))  # (T,) brightness encodes the frame index
+            steps = levels.diff()
+            if control == "none":
+                assert (steps > 0).all()
+            elif control == "repeat":
+                assert steps.abs().max() < 1e-3
+            else:
+                assert not (steps > 0).all() and levels.unique().numel() == 8
+
+
+def test_bad_videos_are_skipped_and_named(broken_root):
+    dm = KineticsDataModule(root=str(broken_root), **(SMALL | dict(batch_size=3)))
+    dm.setup("fit")
+    batches = _all(dm.train_dataloader())
+    assert sum(len(b["label"]) for b in batches) == 4
+    skipped = [name for b in batches for name in b["skipped"]]
+    assert len(skipped) == 4
+    for bad in ("truncated.mp4", "zero.mp4", "text.mp4", "missing.mp4"):
+        assert any(str(broken_root / bad) in name for name in skipped), bad
+    assert any("no such file" in name for name in skipped) and any("0 bytes" in name for name in skipped)
+
+
+def test_a_batch_of_only_bad_videos_is_empty(broken_root, tmp_path):
+    (tmp_path / "train.txt").write_text(f"{broken_root / 'zero.mp4'} 0\n{broken_root / 'missing.mp4'} 1\n")
+    dm = KineticsDataModule(root=str(tmp_path), **SMALL)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["video"].shape == (0, 3, 4, 24, 24) and batch["label"].shape == (0,)
+    assert len(batch["skipped"]) == 2
+
+
+class _TinyModule(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 3)
+
+    def training_step(self, batch, batch_idx):
+        if len(batch["label"]) == 0:
+            return self.head.weight.sum() * 0
+        return F.cross_entropy(self.head(batch["video"].mean(dim=(2, 3, 4))), batch["label"])
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_skipped_videos_callback_logs_the_count(broken_root, caplog):
+    dm = KineticsDataModule(root=str(broken_root), **(SMALL | dict(batch_size=3)))
+    callback = SkippedVideosCallback()
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    with caplog.at_level(logging.INFO):
+        trainer.fit(_TinyModule(), datamodule=dm)
+    assert trainer.callback_metrics["train/skipped_videos"].item() == 4
+    assert trainer.callback_metrics["val/skipped_videos"].item() == 4
+    assert callback.last_counts == {"train": 4, "val": 4}
+    assert "skipped 4 undecodable video(s)" in caplog.text and "text.mp4" in caplog.text
