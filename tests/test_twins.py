@@ -158,16 +158,33 @@ def _tiny_2d_checkpoint(tmp_path: Path, name: str) -> Path:
     return _timm_checkpoint(ref, tmp_path, f"{name}_2d"), ref.eval()
 
 
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
 @pytest.mark.parametrize("inflate", ["center", "mean"])
 @pytest.mark.parametrize("name", ["twins_pcpvt_tiny", "twins_svt_tiny"])
-def test_static_video_gives_the_image_response(tmp_path, name, inflate):
+def test_one_frame_video_is_the_image_model(tmp_path, name, inflate, padding):
+    """Temporal kernels > 1 everywhere (tubelet 2, sub-sampling 2, PEG 3): one frame still equals the 2D model."""
+    path, ref = _tiny_2d_checkpoint(tmp_path, name)
+    model = create_model(
+        name, pretrained=path, inflate=inflate, temporal_padding=padding, temporal_sr_ratios=(2, 2, 2, 1)
+    ).eval()
+    assert model.blocks[0][-1].attn.sr.weight.shape[2] == 2
+    img = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        assert (model(img.unsqueeze(2)) - ref(img)).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("inflate", ["center", "mean"])
+@pytest.mark.parametrize("name", ["twins_pcpvt_tiny", "twins_svt_tiny"])
+def test_static_video_gives_the_image_response_with_replicate_padding(tmp_path, name, inflate):
     """With replicate temporal padding, a video of one repeated frame reproduces the image model exactly."""
     path, ref = _tiny_2d_checkpoint(tmp_path, name)
-    model = create_model(name, pretrained=path, inflate=inflate, temporal_sr_ratios=(2, 2, 1, 1)).eval()
+    model = create_model(
+        name, pretrained=path, inflate=inflate, temporal_padding="replicate", temporal_sr_ratios=(2, 2, 1, 1)
+    ).eval()
     img = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
         expected = ref(img)
-        for frames in (1, 3, 4):
+        for frames in (2, 3, 4):
             video = img.unsqueeze(2).expand(-1, -1, frames, -1, -1)
             assert (model(video) - expected).abs().max() < 1e-4, frames
         # a moving video is not static: the temporal kernels see different frames
@@ -175,28 +192,33 @@ def test_static_video_gives_the_image_response(tmp_path, name, inflate):
         assert (model(moving) - expected).abs().max() > 1e-3
 
 
-def test_zero_temporal_padding_needs_center_inflation(tmp_path):
-    """With zero temporal padding only "center" inflation keeps a one-frame video equal to the image model."""
+def test_zero_padding_lets_the_model_see_clip_borders(tmp_path):
+    """With zero temporal padding (the default) the border frames of a static clip differ from the inner ones."""
     path, ref = _tiny_2d_checkpoint(tmp_path, "twins_pcpvt_tiny")
-    img = torch.randn(2, 3, 64, 64)
+    model = create_model("twins_pcpvt_tiny", pretrained=path, inflate="mean").eval()
+    assert model.pos_block[0].proj.temporal_padding == "zeros"
+    img = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        expected = ref(img)
-        errors = {}
-        for inflate in ("center", "mean"):
-            model = create_model("twins_pcpvt_tiny", pretrained=path, inflate=inflate, temporal_padding="zeros")
-            errors[inflate] = (model.eval()(img.unsqueeze(2)) - expected).abs().max().item()
-    assert errors["center"] < 1e-4
-    assert errors["mean"] > 1e-2
+        feats = model.forward_features(img.unsqueeze(2).expand(-1, -1, 8, -1, -1))  # (1, C, 4, 2, 2)
+        assert (feats[:, :, 0] - feats[:, :, 1]).abs().max() > 1e-3
+        assert (feats[:, :, 1] - feats[:, :, 2]).abs().max() < 1e-4  # mirror frames of a symmetric clip
 
 
-def test_same_time_conv_replicate_one_frame_equals_padded_conv():
-    """The one-frame shortcut (kernel summed over time, a 2D conv) is what the replicate-padded conv computes."""
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+def test_same_time_conv_padding(padding):
+    """One frame: the kernel summed over time (what replicate padding computes). More: "same" padding in time."""
     torch.manual_seed(0)
-    conv = SameTimeConv3d(4, 6, (3, 3, 3), stride=(2, 1, 1), spatial_padding=(1, 1))
+    conv = SameTimeConv3d(4, 6, (3, 3, 3), stride=(2, 1, 1), spatial_padding=(1, 1), temporal_padding=padding)
     x = torch.randn(2, 4, 1, 5, 5)
     padded = F.conv3d(x.expand(-1, -1, 3, -1, -1), conv.weight, conv.bias, padding=(0, 1, 1))
     assert torch.allclose(conv(x), padded, atol=1e-5)
-    for t in (2, 5, 8):  # "same" temporal padding: ceil(T / stride) frames
+    x = torch.randn(1, 4, 6, 5, 5)  # ceil(6 / 2) = 3 frames need 1 frame of padding, which goes first
+    mode = "replicate" if padding == "replicate" else "constant"
+    expected = F.conv3d(
+        F.pad(x, (0, 0, 0, 0, 1, 0), mode=mode), conv.weight, conv.bias, stride=(2, 1, 1), padding=(0, 1, 1)
+    )
+    assert torch.allclose(conv(x), expected, atol=1e-5)
+    for t in (2, 5, 8):
         assert conv(torch.randn(1, 4, t, 5, 5)).shape[2] == -(-t // 2)
 
 

@@ -18,12 +18,16 @@ Video design choices (ours; the papers are image-only):
   only downsample space. K/V sub-sampling of GSA reduces time by ``temporal_sr_ratios`` (default 1: the temporal
   patch already halves T, and a temporal ratio of 2 in stage 1 would add 0.8M parameters to PCPVT-S, 3% over the
   image model); the PEG is a depthwise 3x3x3 conv.
-* Every conv with a temporal extent pads time "same"-style (``ceil(T / stride)`` output frames) by *replicating* the
-  edge frames (``temporal_padding="replicate"``, the default). On a one-frame video every temporal tap then sees the
-  same frame, so the conv equals the 2D conv with the kernel summed over time, which is the 2D kernel itself for
-  both inflation modes ("mean" and "center"): a one-frame video reproduces the image model exactly, and that case is
-  computed as a 2D conv (no wasted FLOPs). A static video also gives exactly the image response. With
-  ``temporal_padding="zeros"`` only "center" inflation reproduces the image model on one frame.
+* Every conv with a temporal extent pads time "same"-style (``ceil(T / stride)`` output frames). By default
+  (``temporal_padding="zeros"``) the padding is zeros, which lets the PEG tell where the clip starts and ends (zero
+  padding is how CPVT's PEG encodes absolute position; the embedded dataset's "turn early" / "turn late" classes need
+  it in time). ``"replicate"`` repeats the edge frames instead, so that a static video gives exactly the image
+  response.
+* A one-frame input is an image: every temporal tap would see that frame (or zeros), and we define the conv as the
+  2D conv with the kernel summed over time, which is the 2D kernel itself for both inflation modes ("mean" and
+  "center"). A one-frame video therefore reproduces the image model exactly whatever the inflation, at the image
+  model's FLOPs. (Zero padding alone would keep only the centre tap, exact for "center" inflation but scaled by
+  1 / k_t for "mean".)
 
 Parameter names follow timm's ``twins.py`` (except the PEG, ``pos_block.i.proj`` instead of ``pos_block.i.proj.0``),
 so timm ``twins_pcpvt_small`` / ``twins_svt_small`` state dicts load through :func:`checkpoint_filter_fn`, with 2D
@@ -54,14 +58,15 @@ __all__ = [
 ]
 
 Size3 = tuple[int, int, int]
-TEMPORAL_PADDINGS = ("replicate", "zeros")
+TEMPORAL_PADDINGS = ("zeros", "replicate")
 
 
 class SameTimeConv3d(nn.Conv3d):
-    """Conv3d that pads time so that ``ceil(T / stride_t)`` frames come out, by replicating edge frames (or zeros).
+    """Conv3d that pads time so that ``ceil(T / stride_t)`` frames come out, with zeros or replicated edge frames.
 
-    Space is padded by ``spatial_padding`` zeros, as the 2D model does. With replicate padding a one-frame input runs
-    as a 2D conv with the kernel summed over time, which is exactly what the padded 3D conv computes.
+    Space is padded by ``spatial_padding`` zeros, as the 2D model does. A one-frame input runs as a 2D conv with the
+    kernel summed over time (what replicate padding computes), so an image meets the 2D kernel whatever the
+    inflation mode.
 
     Args:
         in_chans: input channels.
@@ -70,7 +75,7 @@ class SameTimeConv3d(nn.Conv3d):
         stride: (t, h, w) stride, or one int for all three.
         spatial_padding: zero padding of (h, w).
         groups: conv groups.
-        temporal_padding: ``"replicate"`` or ``"zeros"``.
+        temporal_padding: ``"zeros"`` or ``"replicate"``.
     """
 
     def __init__(
@@ -81,7 +86,7 @@ class SameTimeConv3d(nn.Conv3d):
         stride: int | Sequence[int] = 1,
         spatial_padding: Sequence[int] = (0, 0),
         groups: int = 1,
-        temporal_padding: str = "replicate",
+        temporal_padding: str = "zeros",
     ) -> None:
         if temporal_padding not in TEMPORAL_PADDINGS:
             raise ValueError(f"temporal_padding must be one of {TEMPORAL_PADDINGS}, got {temporal_padding!r}")
@@ -100,8 +105,8 @@ class SameTimeConv3d(nn.Conv3d):
         T = x.shape[2]
         if kt == 1:  # no temporal extent: ceil(T / st) frames come out without padding
             return super().forward(x)
-        if T == 1 and self.temporal_padding == "replicate":
-            # every tap sees the same frame: (O, I, kt, kh, kw) -> (O, I, 1, kh, kw) summed kernel, a 2D conv
+        if T == 1:
+            # an image: every tap sees the same frame, (O, I, kt, kh, kw) -> (O, I, 1, kh, kw) summed kernel, a 2D conv
             weight = self.weight.sum(2, keepdim=True)
             return F.conv3d(x, weight, self.bias, (1, *self.stride[1:]), self.padding, self.dilation, self.groups)
         out_t = -(-T // st)
@@ -124,7 +129,7 @@ class PatchEmbed(nn.Module):
         in_chans: int,
         embed_dim: int,
         patch_size: Sequence[int],
-        temporal_padding: str = "replicate",
+        temporal_padding: str = "zeros",
     ) -> None:
         super().__init__()
         self.proj = SameTimeConv3d(
@@ -142,7 +147,7 @@ class PatchEmbed(nn.Module):
 class PosConv3d(nn.Module):
     """Position encoding generator (PEG): ``x + DWConv3d(x)`` on tokens of a (T, H, W) grid."""
 
-    def __init__(self, dim: int, kernel_size: int | Sequence[int] = 3, temporal_padding: str = "replicate") -> None:
+    def __init__(self, dim: int, kernel_size: int | Sequence[int] = 3, temporal_padding: str = "zeros") -> None:
         super().__init__()
         kt, kh, kw = to_3tuple(kernel_size)
         self.proj = SameTimeConv3d(
@@ -174,7 +179,7 @@ class GlobalSubSampleAttn3d(nn.Module):
         sr_ratio: Sequence[int] = (1, 1, 1),
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
-        temporal_padding: str = "replicate",
+        temporal_padding: str = "zeros",
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -291,7 +296,7 @@ class Block(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
-        temporal_padding: str = "replicate",
+        temporal_padding: str = "zeros",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -345,7 +350,8 @@ class Twins(nn.Module):
             frames) or a (t, h, w) tuple. Even blocks of a stage use LSA, odd blocks GSA.
         temporal_window: temporal extent of int ``window_sizes``.
         peg_kernel: (t, h, w) kernel of the depthwise PEG conv.
-        temporal_padding: ``"replicate"`` (a one-frame video equals the image model for any inflation) or ``"zeros"``.
+        temporal_padding: ``"zeros"`` (the PEG sees the clip's borders) or ``"replicate"`` (a static video gives
+            exactly the image response). Either way a one-frame video equals the image model.
         drop_rate: dropout after patch embeddings, in MLPs and after attention projections.
         attn_drop_rate: attention dropout.
         drop_path_rate: stochastic depth, growing linearly over all blocks.
@@ -372,7 +378,7 @@ class Twins(nn.Module):
         window_sizes: Sequence[int | Sequence[int]] | None = None,
         temporal_window: int = 2,
         peg_kernel: int | Sequence[int] = 3,
-        temporal_padding: str = "replicate",
+        temporal_padding: str = "zeros",
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
