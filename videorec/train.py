@@ -35,6 +35,11 @@ __all__ = ["train", "build_module", "main"]
 log = logging.getLogger("videorec")
 
 
+def _plain(node: Any) -> dict[str, Any]:
+    """A config node (or None) as a plain dict."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
 def build_module(cfg: DictConfig, num_classes: int, class_names: list[str] | None) -> VideoClassifier:
     """The LightningModule from ``cfg.model`` (backbone) and ``cfg.module`` (optimisation), as plain data."""
     name = cfg.model.name
@@ -47,8 +52,8 @@ def build_module(cfg: DictConfig, num_classes: int, class_names: list[str] | Non
             backbone_kwargs["num_frames"] = int(cfg.data.num_frames)
         if cfg.data.get("crop_size") is not None:
             backbone_kwargs["img_size"] = int(cfg.data.crop_size)
-    backbone_kwargs.update(OmegaConf.to_container(cfg.model.get("kwargs") or {}, resolve=True))
-    module_kwargs = OmegaConf.to_container(cfg.get("module") or {}, resolve=True)
+    backbone_kwargs.update(_plain(cfg.model.get("kwargs")))
+    module_kwargs = _plain(cfg.get("module"))
     return VideoClassifier(
         backbone=name,
         num_classes=num_classes,

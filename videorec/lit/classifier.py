@@ -102,6 +102,10 @@ class VideoClassifier(L.LightningModule):
     # --- training ---
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         video, label = batch["video"], batch["label"]
+        if video.shape[0] == 0:
+            # every video of this batch was undecodable (counted by the data layer): a zero loss that touches all
+            # parameters keeps DDP ranks in step
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         logits = self(video)
         target = batch.get("target", label)  # soft (B, K) targets when mixup/cutmix is on
         loss = F.cross_entropy(logits, target, label_smoothing=self.hparams.label_smoothing)
@@ -114,8 +118,10 @@ class VideoClassifier(L.LightningModule):
         return loss
 
     # --- evaluation ---
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor | None:
         video, label = batch["video"], batch["label"]
+        if video.shape[0] == 0:
+            return None
         logits = self(video)
         loss = F.cross_entropy(logits, label)
         bs = video.shape[0]
@@ -147,6 +153,8 @@ class VideoClassifier(L.LightningModule):
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self._eval_step(batch, "test")
+        if logits is None:
+            return
         n = logits.shape[0]
         zeros = torch.zeros(n, dtype=torch.long)
         self._test_views.append(

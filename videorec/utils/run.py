@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 __all__ = [
     "instantiate_callbacks",
@@ -61,12 +61,12 @@ def instantiate_loggers(cfg: DictConfig | None) -> list[Logger]:
     loggers = []
     for name, entry in _entries(cfg, "logger"):
         target = str(entry["_target_"])
+        extra = {}
         if target.endswith("WandbLogger"):
-            offline = wandb_offline_by_default()
-            if offline:
-                entry = OmegaConf.merge(entry, {"offline": True})
+            if wandb_offline_by_default():
+                extra["offline"] = True
             Path(entry.get("save_dir") or ".").mkdir(parents=True, exist_ok=True)
-        loggers.append(instantiate(entry))
+        loggers.append(instantiate(entry, **extra))
         log.debug("logger %s: %s", name, target)
     return loggers
 

@@ -1,0 +1,107 @@
+"""Every config group composes, and each option instantiates."""
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from videorec.models import is_model
+
+CONF = Path(__file__).resolve().parents[1] / "videorec" / "conf"
+
+
+def _options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_default_train_config(compose, tmp_path):
+    cfg = compose("train", [], tmp_path)
+    assert cfg.model.name == "uniformer_tiny"
+    assert cfg.data._target_.endswith("SyntheticDataModule")
+    assert "wandb" in cfg.logger
+    assert cfg.paths.output_dir == str(tmp_path)
+    OmegaConf.resolve(cfg)
+
+
+@pytest.mark.parametrize("option", _options("model"))
+def test_model_group(compose, tmp_path, option):
+    cfg = compose("train", [f"model={option}"], tmp_path)
+    assert cfg.model.name == option and is_model(option)
+    assert set(cfg.model) >= {"name", "kwargs", "pretrained"}
+
+
+@pytest.mark.parametrize("option", _options("data"))
+def test_data_group(compose, tmp_path, option):
+    cfg = compose("train", [f"data={option}", f"data.root={tmp_path}"], tmp_path)
+    if OmegaConf.is_missing(cfg.data, "class_names_file"):  # no canonical list shipped: the user gives one
+        names = tmp_path / "classes.txt"
+        names.write_text("a\nb\nc\n")
+        cfg.data.class_names_file = str(names)
+    if option == "ssv2":  # the class list comes from the official labels file
+        (tmp_path / "something-something-v2-labels.json").write_text(
+            '{"Holding something": "0", "Moving something up": "1"}'
+        )
+    for key in ("batch_size", "num_workers", "num_frames", "crop_size", "temporal_control"):
+        assert key in cfg.data, f"data={option} lacks {key}"
+    dm = instantiate(cfg.data)
+    assert dm.num_classes == len(dm.class_names) > 1
+
+
+@pytest.mark.parametrize("option", _options("trainer"))
+def test_trainer_group(compose, tmp_path, option):
+    cfg = compose("train", [f"trainer={option}"], tmp_path)
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    if option in ("default", "cpu"):
+        trainer = instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
+        assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+@pytest.mark.parametrize("option", _options("logger"))
+def test_logger_group(compose, tmp_path, option, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    from videorec.utils.run import instantiate_loggers
+
+    cfg = compose("train", [f"logger={option}"], tmp_path)
+    loggers = instantiate_loggers(cfg.logger)
+    assert len(loggers) == (0 if option == "none" else 1)
+
+
+@pytest.mark.parametrize("option", _options("callbacks"))
+def test_callbacks_group(compose, tmp_path, option):
+    from videorec.utils.run import instantiate_callbacks
+
+    cfg = compose("train", [f"callbacks={option}"], tmp_path)
+    callbacks = instantiate_callbacks(cfg.callbacks)
+    names = {type(c).__name__ for c in callbacks}
+    if option == "default":
+        assert {"ModelCheckpoint", "LearningRateMonitor", "RichProgressBar", "SkippedVideosCallback"} <= names
+
+
+@pytest.mark.parametrize("option", _options("experiment"))
+def test_experiment_group(compose, tmp_path, option):
+    cfg = compose("train", [f"experiment={option}"], tmp_path)
+    assert is_model(cfg.model.name)
+    OmegaConf.resolve(cfg)
+
+
+@pytest.mark.parametrize("option", _options("debug"))
+def test_debug_group(compose, tmp_path, option):
+    cfg = compose("train", [f"debug={option}"], tmp_path)
+    assert cfg.trainer
+
+
+def test_eval_config(compose, tmp_path):
+    cfg = compose("eval", ["ckpt_path=x.ckpt"], tmp_path)
+    assert cfg.ckpt_path == "x.ckpt" and cfg.get("data") is None
+    cfg = compose("eval", ["ckpt_path=x.ckpt", "data=k400", "data.eval_clips=4", "data.eval_crops=3"], tmp_path)
+    assert cfg.data.eval_clips == 4 and cfg.data.eval_crops == 3
+
+
+def test_unknown_model_group_option_lists_known_models(compose, tmp_path):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException) as e:
+        compose("train", ["model=not_a_model"], tmp_path)
+    assert "uniformer_tiny" in str(e.value)
