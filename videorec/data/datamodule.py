@@ -78,6 +78,8 @@ class VideoDataModule(L.LightningDataModule):
         std: normalisation std on [0, 1] pixels.
         seed: seed of the train sampler's shuffles and of the evaluation views.
         name: a display name ("synthetic", "k400", ...).
+        persistent_workers: keep DataLoader workers alive between epochs.
+        multiprocessing_context: start method of the workers ("fork", "spawn", "forkserver"; None: the default).
     """
 
     sampling: str = "dense"
@@ -111,9 +113,12 @@ class VideoDataModule(L.LightningDataModule):
         std: Sequence[float] = STD,
         seed: int = 0,
         name: str | None = None,
+        persistent_workers: bool = False,
+        multiprocessing_context: str | None = None,
     ) -> None:
         super().__init__()
         self.name = name or type(self).__name__
+        self.persistent_workers, self.multiprocessing_context = persistent_workers, multiprocessing_context
         if temporal_control not in TEMPORAL_CONTROLS:
             raise ValueError(f"data.temporal_control must be one of {TEMPORAL_CONTROLS}, got {temporal_control!r}")
         if eval_crops not in (1, 3):
@@ -216,6 +221,8 @@ class VideoDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             worker_init_fn=functools.partial(seed_worker, rank=rank),
             drop_last=False,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            multiprocessing_context=self.multiprocessing_context if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -8,14 +8,13 @@ distribution of single frames:
 | pair | forward class | its time reversal | motion |
 |---|---|---|---|
 | 0 | `move_right` | `move_left` | horizontal translation across a segment |
-| 1 | `bounce_early` | `bounce_late` | across the segment and back, turning early (20-35 % of the way) or late |
+| 1 | `move_down` | `move_up` | vertical translation across a segment |
 | 2 | `clockwise` | `counterclockwise` | along a circular arc (150-270 degrees) |
-| 3 | `swing_early` | `swing_late` | along the arc and back, turning early or late (direction random) |
+| 3 | `approach` | `recede` | the object grows (comes closer) while drifting a little |
 
-Within the two groups {0, 1} and {2, 3} the unordered set of frames is also (nearly) the same - a segment or an arc
-covered uniformly - and object positions, sizes and colours follow one distribution across all eight classes, so one
-frame repeated scores at chance (12.5 %) and shuffled frames at best tell the group (25 %). A model must use the
-order of the frames to exceed that.
+Within a pair the unordered set of frames is the same, and object positions, colours and shapes follow one
+distribution across all eight classes, so one frame repeated scores near chance and shuffled frames at best tell the
+pair (25 %). A model must use the order of the frames to exceed that.
 
 The files are real H.264 mp4s written with PyAV, with Kinetics-style lists (`train.txt`, `val.txt`: `<path> <label>`)
 and `classes.txt`, read through exactly the same `KineticsDataModule` path (decord) as Kinetics. Generation is
@@ -39,16 +38,16 @@ from .kinetics import KineticsDataModule
 
 __all__ = ["CLASSES", "VERSION", "SyntheticDataModule", "generate", "render"]
 
-VERSION = "v1"
+VERSION = "v2"
 CLASSES = (
     "move_right",
     "move_left",
-    "bounce_early",
-    "bounce_late",
+    "move_down",
+    "move_up",
     "clockwise",
     "counterclockwise",
-    "swing_early",
-    "swing_late",
+    "approach",
+    "recede",
 )
 # Each odd class is the time reversal of the even class before it.
 FORWARD = {name: CLASSES[i - i % 2] for i, name in enumerate(CLASSES)}
@@ -80,34 +79,27 @@ def _object_alpha(shape: str, cx: float, cy: float, radius: float) -> np.ndarray
     return np.clip(radius + 0.5 - dist, 0, 1)
 
 
-def _turn_path(num: int, turn: float) -> np.ndarray:
-    """Progress 0 -> 1 -> 0 over `num` frames, turning at fraction `turn` of the clip."""
-    t = np.arange(num) / (num - 1)
-    return np.where(t <= turn, t / turn, 1 - (t - turn) / (1 - turn))
-
-
-def _trajectory(kind: str, rng: np.random.Generator, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Object centres (T,), (T,) for one of the four forward classes."""
+def _trajectory(kind: str, rng: np.random.Generator, radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Object centres and radii, each (T,), for one of the four forward classes."""
     t = np.linspace(0, 1, FRAMES)
     margin = radius + 1
-    if kind in ("move_right", "bounce_early"):
+    radii = np.full(FRAMES, radius)
+    if kind in ("move_right", "move_down"):
         length = rng.uniform(24, 40)
-        left = rng.uniform(margin, SIZE - margin - length)
-        y = np.full(FRAMES, rng.uniform(margin, SIZE - margin))
-        if kind == "move_right":
-            return left + length * t, y
-        progress = _turn_path(FRAMES, rng.uniform(0.2, 0.35))
-        start, sign = (left, 1.0) if rng.random() < 0.5 else (left + length, -1.0)
-        return start + sign * length * progress, y
-    orbit = rng.uniform(12, 19)
-    cx, cy = rng.uniform(margin + orbit, SIZE - margin - orbit, size=2)
-    span = np.deg2rad(rng.uniform(150, 270))
-    theta0 = rng.uniform(0, 2 * np.pi)
+        start = rng.uniform(margin, SIZE - margin - length)
+        along, across = start + length * t, np.full(FRAMES, rng.uniform(margin, SIZE - margin))
+        return (along, across, radii) if kind == "move_right" else (across, along, radii)
     if kind == "clockwise":  # image y points down: increasing angle turns clockwise on screen
-        theta = theta0 + span * t
-    else:
-        theta = theta0 + (1 if rng.random() < 0.5 else -1) * span * _turn_path(FRAMES, rng.uniform(0.2, 0.35))
-    return cx + orbit * np.cos(theta), cy + orbit * np.sin(theta)
+        orbit = rng.uniform(12, 19)
+        cx, cy = rng.uniform(margin + orbit, SIZE - margin - orbit, size=2)
+        theta = rng.uniform(0, 2 * np.pi) + np.deg2rad(rng.uniform(150, 270)) * t
+        return cx + orbit * np.cos(theta), cy + orbit * np.sin(theta), radii
+    # approach: the object grows from about half to about twice the base radius, drifting slowly
+    grow = np.geomspace(rng.uniform(0.45, 0.6), rng.uniform(1.5, 1.8), FRAMES) * radius
+    far = grow[-1] + 1
+    cx, cy = rng.uniform(far, SIZE - far, size=2)
+    drift = rng.uniform(-4, 4, size=2)
+    return cx + drift[0] * (t - 0.5), cy + drift[1] * (t - 0.5), grow
 
 
 def render(class_name: str, rng: np.random.Generator) -> np.ndarray:
@@ -119,11 +111,11 @@ def render(class_name: str, rng: np.random.Generator) -> np.ndarray:
     colour = rng.uniform(0, 255, size=3)
     colour[rng.integers(3)] = rng.choice([rng.uniform(0, 40), rng.uniform(215, 255)])  # keep it saturated
     radius = rng.uniform(4.5, 8.5)
-    xs, ys = _trajectory(FORWARD[class_name], rng, radius)
+    xs, ys, radii = _trajectory(FORWARD[class_name], rng, radius)
     noise = rng.normal(0, 5, size=(FRAMES, SIZE, SIZE, 3))
     frames = np.empty((FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
     for i in range(FRAMES):
-        alpha = _object_alpha(shape, xs[i], ys[i], radius)[..., None]
+        alpha = _object_alpha(shape, xs[i], ys[i], radii[i])[..., None]
         frames[i] = np.clip(background * (1 - alpha) + colour * alpha + noise[i], 0, 255).astype(np.uint8)
     return frames[::-1].copy() if FORWARD[class_name] != class_name else frames
 
@@ -178,7 +170,7 @@ class SyntheticDataModule(KineticsDataModule):
     """The embedded dataset, generated on first use and read exactly like Kinetics.
 
     Args:
-        root: cache folder (`${oc.env:VIDEOREC_CACHE,~/.cache/videorec}/synthetic-v1` in the config).
+        root: cache folder (`${oc.env:VIDEOREC_CACHE,~/.cache/videorec}/synthetic-v2` in the config).
         train_per_class: training videos per class.
         val_per_class: validation videos per class (the test split is the validation split).
         generation_seed: seed of the generator.
