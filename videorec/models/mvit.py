@@ -161,6 +161,12 @@ def _pooled(thw: Size3, kernel: Size3, stride: Size3) -> Size3:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _split_cls(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split off the class token along ``dim``. ``split`` (not slicing) keeps the backward pass to one ``cat``."""
+    cls_tok, rest = x.split([1, x.shape[dim] - 1], dim=dim)
+    return cls_tok, rest
+
+
 def _pool_heads(x: torch.Tensor, pool: nn.Module, norm: nn.Module | None, thw: Size3) -> tuple[torch.Tensor, Size3]:
     """Pool the space-time tokens of a (B, h, 1 + THW, d) tensor; the class token skips the pool, then all are normed.
 
@@ -169,9 +175,9 @@ def _pool_heads(x: torch.Tensor, pool: nn.Module, norm: nn.Module | None, thw: S
     """
     B, h, _, d = x.shape
     T, H, W = thw
-    cls_tok = x[:, :, :1]
+    cls_tok, grid = _split_cls(x, 2)
     # (B, h, THW, d) -> (B * h, d, T, H, W)
-    grid = x[:, :, 1:].reshape(B * h, T, H, W, d).permute(0, 4, 1, 2, 3)
+    grid = grid.reshape(B * h, T, H, W, d).permute(0, 4, 1, 2, 3)
     grid = pool(grid)
     new_thw = tuple(grid.shape[2:])
     # (B * h, d, T', H', W') -> (B, h, T'H'W', d)
@@ -186,10 +192,22 @@ def _pool_tokens(x: torch.Tensor, pool: nn.Module, thw: Size3) -> torch.Tensor:
     """Pool the space-time tokens of a (B, 1 + THW, C) sequence, keeping the class token: the residual path."""
     B, _, C = x.shape
     T, H, W = thw
+    cls_tok, grid = _split_cls(x, 1)
     # (B, THW, C) -> (B, C, T, H, W)
-    grid = x[:, 1:].reshape(B, T, H, W, C).permute(0, 4, 1, 2, 3)
+    grid = grid.reshape(B, T, H, W, C).permute(0, 4, 1, 2, 3)
     grid = pool(grid).flatten(2).transpose(1, 2)  # (B, T'H'W', C)
-    return torch.cat((x[:, :1], grid), dim=1)
+    return torch.cat((cls_tok, grid), dim=1)
+
+
+class _DropPath(DropPath):
+    """DropPath with one full-size multiply (the mask is scaled before it is applied)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+        return x * mask
 
 
 def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
@@ -231,7 +249,7 @@ def _rel_pos_index(q_len: int, k_len: int, device: torch.device) -> torch.Tensor
 
 
 def rel_pos_bias(
-    q: torch.Tensor,
+    q_sp: torch.Tensor,
     q_thw: Size3,
     k_thw: Size3,
     rel_pos_t: torch.Tensor,
@@ -241,7 +259,7 @@ def rel_pos_bias(
     """Decomposed relative position bias of MViTv2 as an additive attention mask.
 
     Args:
-        q: (B, h, 1 + Nq, d) pooled queries, class token first.
+        q_sp: (B, h, Nq, d) pooled queries without the class token.
         q_thw: query grid (t, h, w).
         k_thw: key grid.
         rel_pos_t: (Lt, d) temporal table; resampled when its length does not fit.
@@ -253,12 +271,12 @@ def rel_pos_bias(
     """
     qt, qh, qw = q_thw
     kt, kh, kw = k_thw
-    dev = q.device
+    dev = q_sp.device
     Rt = resize_rel_pos(rel_pos_t, 2 * max(qt, kt) - 1)[_rel_pos_index(qt, kt, dev)]  # (qt, kt, d)
     Rh = resize_rel_pos(rel_pos_h, 2 * max(qh, kh) - 1)[_rel_pos_index(qh, kh, dev)]  # (qh, kh, d)
     Rw = resize_rel_pos(rel_pos_w, 2 * max(qw, kw) - 1)[_rel_pos_index(qw, kw, dev)]  # (qw, kw, d)
-    B, nh, _, d = q.shape
-    r_q = q[:, :, 1:].reshape(B, nh, qt, qh, qw, d)
+    B, nh, _, d = q_sp.shape
+    r_q = q_sp.reshape(B, nh, qt, qh, qw, d)
     bias_t = torch.einsum("bntyxd,tkd->bntyxk", r_q, Rt)  # (B, h, qt, qh, qw, kt)
     bias_h = torch.einsum("bntyxd,ykd->bntyxk", r_q, Rh)  # (B, h, qt, qh, qw, kh)
     bias_w = torch.einsum("bntyxd,xkd->bntyxk", r_q, Rw)  # (B, h, qt, qh, qw, kw)
@@ -280,7 +298,7 @@ class MultiScaleAttention(nn.Module):
         dim: input channels.
         dim_out: channels of Q, K, V and of the output.
         num_heads: attention heads.
-        input_size: token grid (t, h, w) this block is built for (sizes the relative position tables).
+        input_size: nominal token grid (t, h, w) of the block's input, which sizes the relative position tables.
         kernel_q: Q pooling kernel; with ``stride_q`` all ones there is no Q pool.
         stride_q: Q pooling stride.
         kernel_kv: K/V pooling kernel.
@@ -330,13 +348,13 @@ class MultiScaleAttention(nn.Module):
 
         self.rel_pos = rel_pos
         if rel_pos:
-            # tables cover every offset between the pooled Q and K grids of the built input size
-            q_hw = _pooled(input_size, kernel_q, stride_q)[1:]
-            kv_hw = _pooled(input_size, kernel_kv, stride_kv)[1:]
-            spatial = 2 * max(*q_hw, *kv_hw) - 1
+            # tables cover the offsets between the Q and K grids of the built input size, sized as in torchvision
+            # and PySlowFast (floor division by the strides) so that their state dicts have the same shapes
+            size = max(input_size[1:])
+            spatial = max(2 * max(size // stride_q[1], size // stride_kv[1]) - 1, 1)
             self.rel_pos_h = nn.Parameter(torch.zeros(spatial, d))
             self.rel_pos_w = nn.Parameter(torch.zeros(spatial, d))
-            self.rel_pos_t = nn.Parameter(torch.zeros(2 * input_size[0] - 1, d))
+            self.rel_pos_t = nn.Parameter(torch.zeros(max(2 * input_size[0] - 1, 1), d))
             for p in (self.rel_pos_h, self.rel_pos_w, self.rel_pos_t):
                 nn.init.trunc_normal_(p, std=0.02)
 
@@ -360,13 +378,15 @@ class MultiScaleAttention(nn.Module):
         if self.pool_q is not None:
             q, q_thw = _pool_heads(q, self.pool_q, self.norm_q, thw)
 
-        bias = None
+        bias = q_sp = None
+        if self.rel_pos or self.residual_pool:
+            q_sp = _split_cls(q, 2)[1]  # (B, h, Nq - 1, d)
         if self.rel_pos:
-            bias = rel_pos_bias(q, q_thw, k_thw, self.rel_pos_t, self.rel_pos_h, self.rel_pos_w)
+            bias = rel_pos_bias(q_sp, q_thw, k_thw, self.rel_pos_t, self.rel_pos_h, self.rel_pos_w)
         drop = self.attn_drop if self.training else 0.0
         out = attention(q, k, v, attn_mask=bias, dropout_p=drop, fused=self.fused_attn)  # (B, h, Nq, d)
-        if self.residual_pool:  # pooled Q joins the output, class token excluded
-            out = torch.cat((out[:, :, :1], out[:, :, 1:] + q[:, :, 1:]), dim=2)
+        if q_sp is not None and self.residual_pool:  # pooled Q joins the output, class token excluded
+            out = out + F.pad(q_sp, (0, 0, 1, 0))
         out = out.transpose(1, 2).reshape(B, -1, self.dim_out)  # (B, h, Nq, d) -> (B, Nq, h * d)
         return self.proj_drop(self.proj(out)), q_thw
 
@@ -422,7 +442,7 @@ class MultiScaleBlock(nn.Module):
             proj_drop=drop,
             norm_eps=pool_norm_eps,
         )
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = _DropPath(drop_path)
         self.norm2 = nn.LayerNorm(attn_dim, eps=norm_eps)
         self.mlp = Mlp(attn_dim, int(attn_dim * mlp_ratio), cfg.dim_out, drop=drop)
         self.proj = nn.Linear(cfg.dim, cfg.dim_out) if cfg.dim != cfg.dim_out else None
@@ -552,12 +572,12 @@ class MViT(nn.Module):
 
         dpr = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList()
-        grid = self.patch_grid
+        grid = nominal = self.patch_grid  # the real token grid; the nominal one (floor division) sizes the tables
         for i, bc in enumerate(self.blocks_cfg):
             self.blocks.append(
                 MultiScaleBlock(
                     bc,
-                    input_size=grid,
+                    input_size=nominal,
                     mlp_ratio=mlp_ratio,
                     qkv_bias=qkv_bias,
                     rel_pos=rel_pos,
@@ -570,6 +590,7 @@ class MViT(nn.Module):
                 )
             )
             grid = _pooled(grid, bc.kernel_q, bc.stride_q)
+            nominal = tuple(n // st for n, st in zip(nominal, bc.stride_q, strict=True))  # type: ignore[assignment]
         self.feature_grid = grid
         self.num_features = self.blocks_cfg[-1].dim_out
         self.norm = nn.LayerNorm(self.num_features, eps=norm_eps)
@@ -618,9 +639,9 @@ class MViT(nn.Module):
         T, H, W = thw
         spatial = resize_pos_embed_spatial(self.pos_embed_spatial, self.patch_grid[1:], (H, W))  # (1, HW, C)
         temporal = resize_pos_embed_temporal(self.pos_embed_temporal, T)  # (1, T, C)
-        # (B, THW, C) -> (B, T, HW, C) + (1, 1, HW, C) + (1, T, 1, C)
-        x = x.reshape(B, T, H * W, C) + spatial.unsqueeze(1) + temporal.unsqueeze(2)
-        return torch.cat((cls_tok + self.pos_embed_class, x.reshape(B, T * H * W, C)), dim=1)
+        # (1, 1, HW, C) + (1, T, 1, C) -> (1, THW, C)
+        pos = (spatial.unsqueeze(1) + temporal.unsqueeze(2)).reshape(1, T * H * W, C)
+        return torch.cat((cls_tok + self.pos_embed_class, x + pos), dim=1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) or (B, C, H, W) -> normalised tokens (B, 1 + T'H'W', C'), class token first."""

@@ -1,0 +1,305 @@
+"""Benchmark registered models against the reference implementations we can install.
+
+For every chosen model (``--models`` takes shell globs, comma or space separated) and for each reference
+implementation registered for it in :data:`REFERENCES`, this measures, on the same run and at the same input:
+
+* parameters and GFLOPs per clip (``FlopCounterMode`` / 2, counted on the meta device, batch 1);
+* forward time (eval mode, ``torch.inference_mode``) and forward+backward time (train mode, sum of the logits as the
+  loss), as the median and the minimum over ``--iters`` rounds. Rounds are interleaved (ours, reference, ours, ...),
+  so load from other processes hits every model alike;
+* peak memory of one forward+backward step. CUDA: ``torch.cuda.max_memory_allocated`` above the memory held before
+  the step. CPU: the peak of live tensor bytes allocated during the step, rebuilt in time order from the per-op
+  allocation / free records of ``torch.profiler`` (``profile_memory=True``); parameters that already exist are not
+  counted, gradients are. (Process RSS is no measure here: the allocator caches and other work shares the process.)
+
+It then prints the ratios reference / ours (above 1: ours is faster or smaller). bf16 runs under ``torch.autocast``.
+
+Other families add their reference builders to :data:`REFERENCES`: ``{registry_name: {label: builder}}`` where
+``builder(num_frames, img_size, num_classes) -> nn.Module``.
+
+Examples::
+
+    python scripts/bench_models.py --models mvit_b --batch 2 --frames 8 --size 112
+    python scripts/bench_models.py --models "mvit*,uniformer_s" --device cuda --dtype bf16 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from videorec.models import create_model, list_models  # noqa: E402
+from videorec.utils.profile import count_gflops, count_params  # noqa: E402
+
+Builder = Callable[[int, int, int], nn.Module]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reference implementations
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _torchvision_mvit_size(num_frames: int, img_size: int) -> Iterator[None]:
+    """Make torchvision's ``mvit_v1_b`` / ``mvit_v2_s`` build for another input size (its private ``_mvit`` builder)."""
+    import torchvision.models.video.mvit as tv_mvit
+
+    original = tv_mvit._mvit
+
+    def sized(**kwargs):
+        kwargs.update(spatial_size=(img_size, img_size), temporal_size=num_frames)
+        return original(**kwargs)
+
+    tv_mvit._mvit = sized
+    try:
+        yield
+    finally:
+        tv_mvit._mvit = original
+
+
+def torchvision_mvit(name: str) -> Builder:
+    """Builder for torchvision's ``mvit_v1_b`` or ``mvit_v2_s`` at any input size, random weights."""
+
+    def build(num_frames: int, img_size: int, num_classes: int) -> nn.Module:
+        import torchvision.models.video.mvit as tv_mvit
+
+        with _torchvision_mvit_size(num_frames, img_size):
+            return getattr(tv_mvit, name)(num_classes=num_classes)
+
+    return build
+
+
+# pytorchvideo's hub MViT-B configuration (16x4 and 32x3 share it; only the clip length differs)
+PYTORCHVIDEO_MVIT_B = dict(
+    embed_dim_mul=[[1, 2.0], [3, 2.0], [14, 2.0]],
+    atten_head_mul=[[1, 2.0], [3, 2.0], [14, 2.0]],
+    pool_q_stride_size=[[1, 1, 2, 2], [3, 1, 2, 2], [14, 1, 2, 2]],
+    pool_kv_stride_adaptive=[1, 8, 8],
+    pool_kvq_kernel=[3, 3, 3],
+)
+
+
+def pytorchvideo_mvit_b(num_frames: int, img_size: int, num_classes: int) -> nn.Module:
+    """pytorchvideo's MViT-B (``create_multiscale_vision_transformers``), random weights."""
+    # pytorchvideo.transforms is broken with current torchvision; import the model module directly
+    from pytorchvideo.models.vision_transformers import create_multiscale_vision_transformers
+
+    return create_multiscale_vision_transformers(
+        spatial_size=img_size, temporal_size=num_frames, head_num_classes=num_classes, **PYTORCHVIDEO_MVIT_B
+    )
+
+
+REFERENCES: dict[str, dict[str, Builder]] = {
+    "mvit_b": {"torchvision mvit_v1_b": torchvision_mvit("mvit_v1_b"), "pytorchvideo MViT-B": pytorchvideo_mvit_b},
+    "mvit_b_32x3": {"torchvision mvit_v1_b": torchvision_mvit("mvit_v1_b"), "pytorchvideo MViT-B": pytorchvideo_mvit_b},
+    "mvitv2_s": {"torchvision mvit_v2_s": torchvision_mvit("mvit_v2_s")},
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _forward(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> float:
+    model.eval()
+    _sync(x.device)
+    start = time.perf_counter()
+    with torch.inference_mode(), _autocast(x.device, dtype):
+        model(x)
+    _sync(x.device)
+    return time.perf_counter() - start
+
+
+def _train_step(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> None:
+    model.train()
+    with _autocast(x.device, dtype):
+        out = model(x)
+    out.float().sum().backward()
+
+
+def _forward_backward(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> float:
+    model.zero_grad(set_to_none=True)
+    _sync(x.device)
+    start = time.perf_counter()
+    _train_step(model, x, dtype)
+    _sync(x.device)
+    return time.perf_counter() - start
+
+
+def peak_memory_bytes(model: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> int:
+    """Peak bytes allocated above the starting point during one forward+backward step (see the module docstring)."""
+    model.zero_grad(set_to_none=True)
+    if x.device.type == "cuda":
+        _sync(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        base = torch.cuda.memory_allocated(x.device)
+        _train_step(model, x, dtype)
+        _sync(x.device)
+        return torch.cuda.max_memory_allocated(x.device) - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        _train_step(model, x, dtype)
+    # each op event carries what it allocated minus what it freed itself; "[memory]" events carry the allocations
+    # and frees that happen outside any op (e.g. autograd releasing saved tensors)
+    deltas = sorted(
+        (e.time_range.start, e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage)
+        for e in prof.events()
+    )
+    live = peak = 0
+    for _, delta in deltas:
+        live += delta
+        peak = max(peak, live)
+    return peak
+
+
+def gflops_per_clip(model: nn.Module, num_frames: int, img_size: int, in_chans: int = 3) -> float:
+    """GFLOPs of one clip, counted on a meta-device copy (no compute, no memory)."""
+    meta = copy.deepcopy(model).to("meta")
+    return count_gflops(meta, torch.empty(1, in_chans, num_frames, img_size, img_size, device="meta"))
+
+
+def bench_group(
+    models: dict[str, nn.Module],
+    x: torch.Tensor,
+    dtype: torch.dtype,
+    iters: int,
+    warmup: int,
+    num_frames: int,
+    img_size: int,
+) -> dict[str, dict]:
+    """Measure a group of models on the same input; timing rounds are interleaved across the group."""
+    results: dict[str, dict] = {}
+    for label, model in models.items():
+        results[label] = {"params_m": count_params(model) / 1e6}
+        try:
+            results[label]["gflops"] = gflops_per_clip(model, num_frames, img_size, x.shape[1])
+        except Exception as e:  # a reference that cannot run on the meta device
+            print(f"  [{label}] GFLOPs on meta failed ({type(e).__name__}: {e}); counting on the real device")
+            results[label]["gflops"] = count_gflops(model, x[:1])
+    for _ in range(warmup):
+        for model in models.values():
+            _forward(model, x, dtype)
+            _forward_backward(model, x, dtype)
+    fwd: dict[str, list[float]] = {k: [] for k in models}
+    fwb: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(iters):
+        for label, model in models.items():
+            fwd[label].append(_forward(model, x, dtype))
+        for label, model in models.items():
+            fwb[label].append(_forward_backward(model, x, dtype))
+    for label, model in models.items():
+        r = results[label]
+        r["fwd_ms"] = 1e3 * statistics.median(fwd[label])
+        r["fwd_min_ms"] = 1e3 * min(fwd[label])
+        r["fwd_bwd_ms"] = 1e3 * statistics.median(fwb[label])
+        r["fwd_bwd_min_ms"] = 1e3 * min(fwb[label])
+        r["peak_mem_mb"] = peak_memory_bytes(model, x, dtype) / 2**20
+        model.zero_grad(set_to_none=True)
+    return results
+
+
+def _select(patterns: list[str]) -> list[str]:
+    names: list[str] = []
+    for pattern in patterns:
+        found = list_models(pattern)
+        if not found:
+            raise SystemExit(f"no registered model matches {pattern!r}; known: {', '.join(list_models())}")
+        names += [n for n in found if n not in names]
+    return names
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["*"], help="registry names or globs (comma or space separated)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--num-classes", type=int, default=400)
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="bf16/fp16 use autocast")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    parser.add_argument("--no-reference", action="store_true", help="skip the reference implementations")
+    parser.add_argument("--json", type=Path, default=None, help="write all results to this file")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    device = torch.device(args.device)
+    patterns = [p for item in args.models for p in item.split(",") if p]
+    names = _select(patterns)
+    print(
+        f"device={device} dtype={args.dtype} batch={args.batch} input={args.frames}x{args.size}x{args.size} "
+        f"threads={torch.get_num_threads()} iters={args.iters} (times: median / min over interleaved rounds)"
+    )
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=device)
+    rows: list[dict] = []
+    for name in names:
+        group: dict[str, nn.Module] = {}
+        try:
+            group[name] = create_model(
+                name, num_classes=args.num_classes, num_frames=args.frames, img_size=args.size
+            ).to(device)
+        except (ValueError, TypeError) as e:
+            print(f"{name}: skipped ({e})")
+            continue
+        if not args.no_reference:
+            for label, build in REFERENCES.get(name, {}).items():
+                group[label] = build(args.frames, args.size, args.num_classes).to(device)
+        results = bench_group(group, x, dtype, args.iters, args.warmup, args.frames, args.size)
+        print(f"\n{name}")
+        print(f"  {'model':<26}{'params(M)':>10}{'GFLOPs':>9}{'fwd ms':>16}{'fwd+bwd ms':>18}{'peak MB':>10}")
+        for label, r in results.items():
+            print(
+                f"  {label:<26}{r['params_m']:>10.2f}{r['gflops']:>9.2f}"
+                f"{r['fwd_ms']:>9.1f} /{r['fwd_min_ms']:>6.1f}{r['fwd_bwd_ms']:>10.1f} /{r['fwd_bwd_min_ms']:>6.1f}"
+                f"{r['peak_mem_mb']:>10.1f}"
+            )
+            rows.append({"model": name, "impl": label, **r})
+        ours = results[name]
+        for label, r in results.items():
+            if label == name:
+                continue
+            print(
+                f"  ratio {label} / {name}: fwd x{r['fwd_ms'] / ours['fwd_ms']:.2f} "
+                f"(min x{r['fwd_min_ms'] / ours['fwd_min_ms']:.2f}), "
+                f"fwd+bwd x{r['fwd_bwd_ms'] / ours['fwd_bwd_ms']:.2f} "
+                f"(min x{r['fwd_bwd_min_ms'] / ours['fwd_bwd_min_ms']:.2f}), "
+                f"peak memory x{r['peak_mem_mb'] / max(ours['peak_mem_mb'], 1e-9):.2f}  (>1: ours faster / smaller)"
+            )
+        del group
+    if args.json:
+        meta = dict(device=str(device), dtype=args.dtype, batch=args.batch, frames=args.frames, size=args.size)
+        args.json.write_text(json.dumps({"config": meta, "results": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
