@@ -490,6 +490,8 @@ class MViT(nn.Module):
         norm_eps: epsilon of the block and final LayerNorms.
         pool_norm_eps: epsilon of the LayerNorms after Q/K/V pooling (1e-6 as torchvision and PySlowFast v2;
             pytorchvideo and the original v1 code used 1e-5).
+        global_pool: ``"token"`` classifies the class token (the published models); ``"avg"`` the mean of the
+            normalised space-time tokens (PySlowFast's mean pooling).
     """
 
     classifier_keys = ("head.",)
@@ -524,8 +526,12 @@ class MViT(nn.Module):
         head_drop: float = 0.5,
         norm_eps: float = 1e-6,
         pool_norm_eps: float = 1e-6,
+        global_pool: str = "token",
     ) -> None:
         super().__init__()
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"MViT: global_pool must be 'token' or 'avg', got {global_pool!r}")
+        self.global_pool = global_pool
         self.cfg = MViTCfg(
             depth=depth,
             embed_dim=embed_dim,
@@ -658,7 +664,9 @@ class MViT(nn.Module):
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.head_drop(x[:, 0])  # class token (B, C)
+        """(B, 1 + N, C) tokens from :meth:`forward_features` -> (B, num_classes), or (B, C) with ``pre_logits``."""
+        x = x[:, 0] if self.global_pool == "token" else x[:, 1:].mean(1)  # (B, C)
+        x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -799,7 +807,7 @@ model_cfgs: dict[str, _Variant] = {
     ),
     "mvit_tiny": _Variant(
         MViTCfg(depth=4, embed_dim=32, stage_starts=(1, 3), kv_stride=(1, 4, 4), mlp_ratio=2.0, **_V2),
-        dict(num_frames=8, img_size=64, num_classes=8, drop_path_rate=0.0, head_drop=0.0),
+        dict(num_frames=8, img_size=64, num_classes=8, drop_path_rate=0.0, head_drop=0.0, global_pool="avg"),
     ),
 }
 
