@@ -10,7 +10,7 @@ import pytest
 
 from videorec.data import SyntheticDataModule
 from videorec.data.decoding import read_frames
-from videorec.data.synthetic import CLASSES, FRAMES, SIZE, generate, render
+from videorec.data.synthetic import CLASSES, FRAMES, SIZE, VERSION, generate, render
 
 
 def _digest(root) -> dict[str, str]:
@@ -36,7 +36,7 @@ def test_layout_lists_and_class_file(tiny_root):
     lines = (tiny_root / "train.txt").read_text().splitlines()
     assert len(lines) == 16 and lines[0] == "videos/train/move_right/0000.mp4 0"
     assert len((tiny_root / "val.txt").read_text().splitlines()) == 8
-    assert json.loads((tiny_root / "meta.json").read_text())["version"] == "v1"
+    assert json.loads((tiny_root / "meta.json").read_text())["version"] == VERSION
     assert sum(p.stat().st_size for p in tiny_root.rglob("*.mp4")) < 24 * 50_000  # a few MB at full size
 
 
