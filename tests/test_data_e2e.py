@@ -10,50 +10,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import compose_config
-from video_factory import moving_square_frames, write_kinetics_dataset, write_video
+from video_factory import SSV2_TEMPLATES as TEMPLATES
+from video_factory import write_kinetics_dataset
+from video_factory import write_ssv2_dataset as write_ssv2
 
 from videorec.data import ListFileError, SSv2DataModule
-
-TEMPLATES = [
-    "Pushing something from left to right",
-    "Pushing something from right to left",
-    "Holding something next to something",
-    "Turning the camera left while filming something",
-]
-SSV2_ENTRY = {  # the official schema of the train / validation json entries
-    0: ("Pushing [something] from left to right", ["pen"]),
-    1: ("Pushing [something] from right to left", ["cup"]),
-    2: ("Holding [something] next to [something]", ["potato", "bottle"]),
-    3: ("Turning the camera left while filming [something]", ["car"]),
-}
-
-
-def write_ssv2(root: Path, per_class: int = 2, frames_too: bool = False) -> Path:
-    """A fake Something-Something v2 download: labels/*.json and 20bn-something-something-v2/<id>.webm."""
-    labels = root / "labels"
-    labels.mkdir(parents=True)
-    (labels / "something-something-v2-labels.json").write_text(json.dumps({t: str(i) for i, t in enumerate(TEMPLATES)}))
-    video_id = 1000
-    for split, count in (("train", per_class), ("validation", 1)):
-        entries = []
-        for template, objects in SSV2_ENTRY.values():
-            for _ in range(count):
-                video_id += 1
-                frames = moving_square_frames(20, 32, 40, seed=video_id)
-                write_video(root / "20bn-something-something-v2" / f"{video_id}.webm", frames, fps=12, codec="vp9")
-                if frames_too:
-                    from torchvision.io import write_jpeg
-
-                    folder = root / "frames" / str(video_id)
-                    folder.mkdir(parents=True)
-                    for i, frame in enumerate(frames):
-                        write_jpeg(torch.from_numpy(frame).permute(2, 0, 1).contiguous(), str(folder / f"{i:06d}.jpg"))
-                label_text = template.replace("[something]", objects[0])
-                entries.append(
-                    {"id": str(video_id), "label": label_text, "template": template, "placeholders": objects}
-                )
-        (labels / f"something-something-v2-{split}.json").write_text(json.dumps(entries))
-    return root
 
 
 @pytest.fixture(scope="module")

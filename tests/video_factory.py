@@ -9,10 +9,12 @@ Other test modules import these; keep the signatures stable.
     write_truncated(path, source)                        the first half of a valid file's bytes
     write_zero_bytes(path) / write_text_as_video(path)   empty file / a text file with a video extension
     write_kinetics_dataset(root, class_names, fmt=...)   a tiny Kinetics tree with lists in any supported format
+    write_ssv2_dataset(root)                             a tiny SSv2 download (official json files, VP9 webm)
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +27,7 @@ __all__ = [
     "frame_id_frames",
     "moving_square_frames",
     "write_kinetics_dataset",
+    "write_ssv2_dataset",
     "write_text_as_video",
     "write_truncated",
     "write_video",
@@ -202,4 +205,51 @@ def write_kinetics_dataset(
         if fmt != "tree":
             suffix = ".txt" if fmt == "space" else ".csv"
             (root / f"{split}{suffix}").write_text("\n".join(lines) + "\n")
+    return root
+
+
+SSV2_TEMPLATES = [
+    "Pushing something from left to right",
+    "Pushing something from right to left",
+    "Holding something next to something",
+    "Turning the camera left while filming something",
+]
+SSV2_ENTRY = {  # the official schema of the train / validation json entries
+    0: ("Pushing [something] from left to right", ["pen"]),
+    1: ("Pushing [something] from right to left", ["cup"]),
+    2: ("Holding [something] next to [something]", ["potato", "bottle"]),
+    3: ("Turning the camera left while filming [something]", ["car"]),
+}
+
+
+def write_ssv2_dataset(root: str | Path, per_class: int = 2, frames_too: bool = False) -> Path:
+    """A fake Something-Something v2 download: the three official json files under `labels/` and VP9 webm videos
+    under `20bn-something-something-v2/` (and their frames as jpgs under `frames/<id>/` with `frames_too`)."""
+    root = Path(root)
+    labels = root / "labels"
+    labels.mkdir(parents=True)
+    (labels / "something-something-v2-labels.json").write_text(
+        json.dumps({t: str(i) for i, t in enumerate(SSV2_TEMPLATES)})
+    )
+    video_id = 1000
+    for split, count in (("train", per_class), ("validation", 1)):
+        entries = []
+        for template, objects in SSV2_ENTRY.values():
+            for _ in range(count):
+                video_id += 1
+                frames = moving_square_frames(20, 32, 40, seed=video_id)
+                write_video(root / "20bn-something-something-v2" / f"{video_id}.webm", frames, fps=12, codec="vp9")
+                if frames_too:
+                    import torch
+                    from torchvision.io import write_jpeg
+
+                    folder = root / "frames" / str(video_id)
+                    folder.mkdir(parents=True)
+                    for i, frame in enumerate(frames):
+                        write_jpeg(torch.from_numpy(frame).permute(2, 0, 1).contiguous(), str(folder / f"{i:06d}.jpg"))
+                label_text = template.replace("[something]", objects[0])
+                entries.append(
+                    {"id": str(video_id), "label": label_text, "template": template, "placeholders": objects}
+                )
+        (labels / f"something-something-v2-{split}.json").write_text(json.dumps(entries))
     return root

@@ -210,12 +210,13 @@ class KineticsDataModule(VideoDataModule):
         elif variant:
             self.class_names = load_class_names(variant)
         else:
-            tree = self._list_path("train", required=False)
+            tree = self.list_path("train", required=False)
             if tree is None or not tree.is_dir():
                 raise ValueError("set data.variant (k400/k600/k700) or data.class_names_file, or a class-folder tree")
             self.class_names = sorted(p.name for p in tree.iterdir() if p.is_dir())
 
-    def _list_path(self, split: str, required: bool = True) -> Path | None:
+    def list_path(self, split: str, required: bool = True) -> Path | None:
+        """The list file (or class-folder tree) of `split`: the configured one, else the first default found."""
         given = self.lists[split]
         if given:
             path = Path(os.path.expanduser(given))
@@ -231,7 +232,7 @@ class KineticsDataModule(VideoDataModule):
         return None
 
     def load_records(self, split: str) -> list[VideoRecord]:
-        records = read_video_list(self._list_path(split), self.class_names, self.video_root)
+        records = read_video_list(self.list_path(split), self.class_names, self.video_root)
         if not records:
-            raise ListFileError(f"{self._list_path(split)}: no videos in the {split} list")
+            raise ListFileError(f"{self.list_path(split)}: no videos in the {split} list")
         return records

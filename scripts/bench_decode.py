@@ -1,0 +1,154 @@
+"""Clip decoding speed per DataLoader worker: our index-based path (decord, PyAV, torchcodec) against pytorchvideo's
+`EncodedVideo.get_clip`, on the same files and clips in the same run.
+
+Every method delivers the same thing: a float (C, T, H, W) clip of T frames at stride s (16x4 by default) from a
+random start. pytorchvideo decodes every frame of the clip's time span (T * s frames) and subsamples afterwards, as
+its Kinetics pipeline does; ours asks the decoder for the T frames by index. Methods are interleaved clip by clip so
+that a busy machine slows them alike.
+
+    python scripts/bench_decode.py                       # H.264 320x240 and 640x360, 10 s at 30 fps, made here
+    python scripts/bench_decode.py --files a.mp4 b.mp4   # your own videos
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections import defaultdict
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from videorec.data.decoding import check_decoder, read_frames
+
+
+def make_video(path: Path, width: int, height: int, seconds: float = 10, fps: int = 30, seed: int = 0) -> Path:
+    """An H.264 file with Kinetics-like encoding (yuv420p, x264 default GOP) and moving textured content."""
+    rng = np.random.default_rng(seed)
+    texture = rng.integers(0, 256, size=(height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
+    texture = np.kron(texture, np.ones((8, 8, 1), dtype=np.uint8))
+    texture = np.tile(texture, (2, 2, 1))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "23", "preset": "veryfast"}
+        for t in range(int(seconds * fps)):
+            dy, dx = (2 * t) % height, (3 * t) % width
+            frame = texture[dy : dy + height, dx : dx + width].copy()
+            frame[:, :, 0] = (frame[:, :, 0].astype(np.int32) + 4 * t).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def ours(decoder: str, num_frames: int, rate: int):
+    def clip(path: str, start: int) -> torch.Tensor:
+        def choose(n: int) -> np.ndarray:  # the dense clip at `start` (what dense_indices draws in training)
+            return np.minimum(start + rate * np.arange(num_frames), n - 1)
+
+        return read_frames(path, choose, decoder=decoder, fallback=None).permute(3, 0, 1, 2).float()
+
+    return clip
+
+
+def pytorchvideo_clip(decoder: str, num_frames: int, rate: int, fps: dict[str, float]):
+    from pytorchvideo.data.encoded_video import EncodedVideo
+
+    def clip(path: str, start: int) -> torch.Tensor:
+        video = EncodedVideo.from_path(path, decoder=decoder, decode_audio=False)
+        start_sec = start / fps[path]
+        frames = video.get_clip(start_sec, start_sec + num_frames * rate / fps[path])["video"]  # (C, T*s, H, W)
+        video.close()
+        keep = torch.linspace(0, frames.shape[1] - 1, num_frames).round().long()  # UniformTemporalSubsample
+        return frames[:, keep]
+
+    return clip
+
+
+def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
+    """Run the benchmark; returns clips/s per (video size, method)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", nargs="*", help="videos to read (default: generated H.264 files)")
+    parser.add_argument("--sizes", default="320x240,640x360", help="sizes of the generated files")
+    parser.add_argument("--clips", type=int, default=20, help="clips per file and method")
+    parser.add_argument("--num-frames", type=int, default=16)
+    parser.add_argument("--sampling-rate", type=int, default=4)
+    parser.add_argument("--decoders", default="decord,pyav,torchcodec", help="our decoders to measure")
+    parser.add_argument("--reference-pyav", action="store_true", help="also time pytorchvideo's PyAV path")
+    parser.add_argument("--seconds", type=float, default=10, help="length of the generated files")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # one DataLoader worker
+    console = Console()
+
+    tmp = tempfile.TemporaryDirectory()
+    if args.files:
+        files = [Path(f) for f in args.files]
+    else:
+        files = []
+        for size in args.sizes.split(","):
+            width, height = map(int, size.split("x"))
+            for seed in range(2):
+                console.print(f"writing a {width}x{height} test video ({seed + 1}/2)")
+                path = Path(tmp.name) / f"{width}x{height}_{seed}.mp4"
+                files.append(make_video(path, width, height, seconds=args.seconds, seed=seed))
+
+    fps, frames, groups = {}, {}, {}
+    for path in files:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            fps[str(path)] = float(stream.average_rate)
+            frames[str(path)] = stream.frames
+            groups[str(path)] = f"{stream.codec_context.width}x{stream.codec_context.height}"
+
+    t, s = args.num_frames, args.sampling_rate
+    methods = {"pytorchvideo EncodedVideo (decord)": pytorchvideo_clip("decord", t, s, fps)}
+    if args.reference_pyav:
+        methods["pytorchvideo EncodedVideo (pyav)"] = pytorchvideo_clip("pyav", t, s, fps)
+    for decoder in args.decoders.split(","):
+        try:
+            check_decoder(decoder)
+        except RuntimeError as err:
+            console.print(f"[yellow]skipping {decoder}: {str(err).splitlines()[0][:160]}")
+            continue
+        methods[f"videorec {decoder}"] = ours(decoder, t, s)
+
+    rng = np.random.default_rng(0)
+    seconds: dict[tuple[str, str], float] = defaultdict(float)
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for path in files:
+        key = str(path)
+        starts = rng.integers(0, max(frames[key] - t * s, 1), size=args.clips)
+        for fn in methods.values():  # warm-up: imports, first open
+            fn(key, int(starts[0]))
+        for start in starts:
+            for name, fn in methods.items():
+                begin = time.perf_counter()
+                clip = fn(key, int(start))
+                seconds[(groups[key], name)] += time.perf_counter() - begin
+                counts[(groups[key], name)] += 1
+                assert clip.shape[:2] == (3, t), (name, tuple(clip.shape))
+
+    table = Table(title=f"{t}x{s} clips, one worker (torch threads = 1), {args.clips} clips per file")
+    for column in ("video", "method", "clips/s", "ms / clip", "speed-up vs pytorchvideo decord"):
+        table.add_column(column, justify="left" if column in ("video", "method") else "right")
+    for group in dict.fromkeys(groups.values()):
+        ref = (group, "pytorchvideo EncodedVideo (decord)")
+        reference = seconds[ref] / counts[ref]
+        for name in methods:
+            per_clip = seconds[(group, name)] / counts[(group, name)]
+            table.add_row(group, name, f"{1 / per_clip:.1f}", f"{1000 * per_clip:.1f}", f"{reference / per_clip:.2f}x")
+    console.print(table)
+    tmp.cleanup()
+    return {key: counts[key] / seconds[key] for key in seconds}
+
+
+if __name__ == "__main__":
+    main()
