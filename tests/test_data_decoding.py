@@ -89,10 +89,10 @@ def test_frame_folder(tmp_path):
     from torchvision.io import write_jpeg
 
     frames = frame_id_frames(10, 16, 24)
-    for i, frame in enumerate(frames):
-        write_jpeg(torch.from_numpy(frame).permute(2, 0, 1).contiguous(), str(tmp_path / f"img_{i + 1:05d}.jpg"))
-    out = read_frames(tmp_path, lambda n: np.array([9, 0, 4]))
-    assert [decoded_frame_index(f.numpy()) for f in out] == [9, 0, 4]
+    for i, frame in enumerate(frames):  # unpadded numbers: img_2 must come before img_10
+        write_jpeg(torch.from_numpy(frame).permute(2, 0, 1).contiguous(), str(tmp_path / f"img_{i + 1}.jpg"))
+    out = read_frames(tmp_path, lambda n: np.array([9, 0, 4, 1]))
+    assert [decoded_frame_index(f.numpy()) for f in out] == [9, 0, 4, 1]
 
 
 def test_unknown_or_unloadable_decoder_fails_clearly():

@@ -97,3 +97,13 @@ def test_shipped_class_lists():
     assert dm.num_classes == 700  # valid right after construction
     with pytest.raises(FileNotFoundError, match="class_names_file"):
         KineticsDataModule(root="/nonexistent", variant="k600")
+
+
+def test_paths_with_spaces_and_tabs(tmp_path):
+    path = _write(tmp_path / "l.txt", "my video.mp4\t1\nsome dir/clip 2.mp4   2\n/abs/a b.mp4,0\n")
+    records = read_video_list(path, CLASSES, video_root="/data")
+    assert [(r.path, r.label) for r in records] == [
+        ("/data/my video.mp4", 1),
+        ("/data/some dir/clip 2.mp4", 2),
+        ("/abs/a b.mp4", 0),
+    ]

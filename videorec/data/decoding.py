@@ -9,6 +9,7 @@ Anything that goes wrong raises `VideoDecodeError` naming the file; the dataset 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,10 +110,15 @@ def _read_torchcodec(path: str, choose: IndexFn) -> torch.Tensor:
     return _gather(unique, frames, indices)
 
 
+def _natural_key(name: str) -> list:
+    """img_2.jpg before img_10.jpg."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def _read_folder(path: str, choose: IndexFn) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
-    names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
+    names = sorted((n for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES)), key=_natural_key)
     if not names:
         raise VideoDecodeError(f"{path}: frame folder holds no {'/'.join(IMAGE_SUFFIXES)} images")
     indices = choose(len(names))

@@ -118,7 +118,8 @@ def read_video_list(
         if "," in text:
             path, _, label = text.rpartition(",")
         else:
-            path, _, label = text.rpartition(" ") if " " in text else text.rpartition("\t")
+            match = re.fullmatch(r"(.+?)\s+(\S+)", text)  # the path may hold spaces, the label may not
+            path, label = match.groups() if match else ("", text)
         path, label = path.strip(), label.strip()
         if not path or not label:
             raise ListFileError(f"{where}: expected '<path> <label>' or '<path>,<label>', got {text!r}")

@@ -38,7 +38,7 @@ class TrainClipTransform:
         scale: area range of the random resized crop.
         ratio: aspect-ratio range of the random resized crop.
         randaug_n: RandAugment ops per clip (0 turns it off).
-        randaug_m: RandAugment magnitude (0-30 scale of torchvision; recipes use 7... 9).
+        randaug_m: RandAugment magnitude (torchvision's 0-30 scale; the Kinetics recipes use 7).
         random_erasing: probability of erasing one box (0 turns it off).
         mean: per-channel mean on [0, 1] pixels.
         std: per-channel std on [0, 1] pixels.
