@@ -359,6 +359,10 @@ class Twins(nn.Module):
     """
 
     classifier_keys = ("head.",)
+    # "center": at initialisation every token frame is the image model's response to one input frame, whatever the
+    # temporal padding (the pretrained features start intact; time mixing is learnt). "mean" (also exact on one
+    # frame here) blurs tubelets, sub-sampling and PEGs over time and, with zero padding, dims the border frames.
+    # ViViT's reference configs (scenic) likewise initialise tubelet embeddings from the central frame.
     default_inflate = "center"
 
     def __init__(
