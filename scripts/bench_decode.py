@@ -2,9 +2,10 @@
 `EncodedVideo.get_clip`, on the same files and clips in the same run.
 
 Every method delivers the same thing: a float (C, T, H, W) clip of T frames at stride s (16x4 by default) from a
-random start. pytorchvideo decodes every frame of the clip's time span (T * s frames) and subsamples afterwards, as
-its Kinetics pipeline does; ours asks the decoder for the T frames by index. Methods are interleaved clip by clip so
-that a busy machine slows them alike.
+random start. pytorchvideo decodes every frame of the clip's time span (T * s frames) into floats and subsamples
+afterwards, as its Kinetics pipeline does; ours asks the decoder for the T frames by index. pytorchvideo always lets
+FFmpeg choose the thread count; our paths are timed with that setting and with one thread (`data.decoder_threads`),
+which suits many workers on few cores. Methods are interleaved clip by clip so that a busy machine slows them alike.
 
     python scripts/bench_decode.py                       # H.264 320x240 and 640x360, 10 s at 30 fps, made here
     python scripts/bench_decode.py --files a.mp4 b.mp4   # your own videos
@@ -49,12 +50,12 @@ def make_video(path: Path, width: int, height: int, seconds: float = 10, fps: in
     return path
 
 
-def ours(decoder: str, num_frames: int, rate: int):
+def ours(decoder: str, num_frames: int, rate: int, threads: int):
     def clip(path: str, start: int) -> torch.Tensor:
         def choose(n: int) -> np.ndarray:  # the dense clip at `start` (what dense_indices draws in training)
             return np.minimum(start + rate * np.arange(num_frames), n - 1)
 
-        return read_frames(path, choose, decoder=decoder, fallback=None).permute(3, 0, 1, 2).float()
+        return read_frames(path, choose, decoder, fallback=None, threads=threads).permute(3, 0, 1, 2).float()
 
     return clip
 
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
     parser.add_argument("--num-frames", type=int, default=16)
     parser.add_argument("--sampling-rate", type=int, default=4)
     parser.add_argument("--decoders", default="decord,pyav,torchcodec", help="our decoders to measure")
+    parser.add_argument("--threads", default="0,1", help="decoding threads of our paths to time (0: automatic)")
     parser.add_argument("--reference-pyav", action="store_true", help="also time pytorchvideo's PyAV path")
     parser.add_argument("--seconds", type=float, default=10, help="length of the generated files")
     args = parser.parse_args(argv)
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
             groups[str(path)] = f"{stream.codec_context.width}x{stream.codec_context.height}"
 
     t, s = args.num_frames, args.sampling_rate
+    # pytorchvideo opens decord with num_threads=0 (automatic) and PyAV with its defaults; it offers no setting.
     methods = {"pytorchvideo EncodedVideo (decord)": pytorchvideo_clip("decord", t, s, fps)}
     if args.reference_pyav:
         methods["pytorchvideo EncodedVideo (pyav)"] = pytorchvideo_clip("pyav", t, s, fps)
@@ -118,7 +121,9 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
         except RuntimeError as err:
             console.print(f"[yellow]skipping {decoder}: {str(err).splitlines()[0][:160]}")
             continue
-        methods[f"videorec {decoder}"] = ours(decoder, t, s)
+        for threads in map(int, args.threads.split(",")):
+            label = "auto threads" if threads == 0 else f"{threads} thread{'s' * (threads > 1)}"
+            methods[f"videorec {decoder} ({label})"] = ours(decoder, t, s, threads)
 
     rng = np.random.default_rng(0)
     seconds: dict[tuple[str, str], float] = defaultdict(float)
@@ -136,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
                 counts[(groups[key], name)] += 1
                 assert clip.shape[:2] == (3, t), (name, tuple(clip.shape))
 
-    table = Table(title=f"{t}x{s} clips, one worker (torch threads = 1), {args.clips} clips per file")
+    title = f"{t}x{s} clips, one worker process (torch threads = 1), {args.clips} clips per file"
+    table = Table(title=title)
     for column in ("video", "method", "clips/s", "ms / clip", "speed-up vs pytorchvideo decord"):
         table.add_column(column, justify="left" if column in ("video", "method") else "right")
     for group in dict.fromkeys(groups.values()):

@@ -54,8 +54,13 @@ def test_build_ssv2_lists(tmp_path):
 
 
 def test_bench_decode_smoke():
-    rates = _load("bench_decode").main(
-        ["--sizes", "64x48", "--seconds", "1", "--clips", "2", "--decoders", "decord,pyav"]
-    )
-    assert {method for _, method in rates} >= {"pytorchvideo EncodedVideo (decord)", "videorec decord", "videorec pyav"}
+    args = ["--sizes", "64x48", "--seconds", "1", "--clips", "2", "--decoders", "decord,pyav", "--threads", "0,1"]
+    rates = _load("bench_decode").main(args)
+    assert {method for _, method in rates} == {
+        "pytorchvideo EncodedVideo (decord)",
+        "videorec decord (auto threads)",
+        "videorec decord (1 thread)",
+        "videorec pyav (auto threads)",
+        "videorec pyav (1 thread)",
+    }
     assert all(rate > 0 for rate in rates.values())

@@ -64,6 +64,7 @@ class VideoDataModule(L.LightningDataModule):
         eval_short_side: short side before the eval crop; None: crop_size * 8 / 7 with one crop, crop_size with three.
         decoder: "decord", "pyav" or "torchcodec".
         fallback_decoder: decoder tried when the first fails on a file (None: none).
+        decoder_threads: decoding threads per video in each worker (0: FFmpeg's automatic choice).
         train_scale: random resized crop area range.
         train_ratio: random resized crop aspect-ratio range.
         flip: horizontal flip probability 0.5 in training (label-aware: see `flip_labels`).
@@ -99,6 +100,7 @@ class VideoDataModule(L.LightningDataModule):
         eval_short_side: int | None = None,
         decoder: str = "decord",
         fallback_decoder: str | None = "pyav",
+        decoder_threads: int = 1,
         train_scale: Sequence[float] = (0.08, 1.0),
         train_ratio: Sequence[float] = (3 / 4, 4 / 3),
         flip: bool = True,
@@ -130,7 +132,7 @@ class VideoDataModule(L.LightningDataModule):
         self.num_frames, self.sampling_rate, self.crop_size = num_frames, sampling_rate, crop_size
         self.temporal_control = temporal_control
         self.eval_clips, self.eval_crops, self.eval_short_side = eval_clips, eval_crops, eval_short_side
-        self.decoder, self.fallback_decoder = decoder, fallback_decoder
+        self.decoder, self.fallback_decoder, self.decoder_threads = decoder, fallback_decoder, decoder_threads
         self.train_scale, self.train_ratio = tuple(_plain(train_scale)), tuple(_plain(train_ratio))
         self.flip, self.randaug_n, self.randaug_m, self.random_erasing = flip, randaug_n, randaug_m, random_erasing
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
@@ -172,6 +174,7 @@ class VideoDataModule(L.LightningDataModule):
             temporal_control=self.temporal_control,
             decoder=self.decoder,
             fallback_decoder=self.fallback_decoder,
+            decoder_threads=self.decoder_threads,
             seed=self.seed,
         )
         if split == "train":

@@ -56,6 +56,7 @@ class VideoClipDataset(Dataset):
         temporal_control: "none", "repeat" or "shuffle" (see `sampling.apply_temporal_control`).
         decoder: "decord", "pyav" or "torchcodec".
         fallback_decoder: tried when `decoder` fails on a file (None for none).
+        decoder_threads: decoding threads per video (0: automatic).
         flip_prob: probability of a horizontal flip in training.
         flip_labels: label -> label after a horizontal flip (left/right classes swap); a label mapped to None is
             never flipped; labels not in the mapping keep their label.
@@ -76,6 +77,7 @@ class VideoClipDataset(Dataset):
         temporal_control: str = "none",
         decoder: str = "decord",
         fallback_decoder: str | None = "pyav",
+        decoder_threads: int = 1,
         flip_prob: float = 0.0,
         flip_labels: Mapping[int, int | None] | None = None,
         seed: int = 0,
@@ -87,6 +89,7 @@ class VideoClipDataset(Dataset):
         self.transform = transform
         self.num_clips, self.num_crops = (1, 1) if train else (num_clips, num_crops)
         self.temporal_control, self.decoder, self.fallback_decoder = temporal_control, decoder, fallback_decoder
+        self.decoder_threads = decoder_threads
         self.flip_prob, self.flip_labels, self.seed = flip_prob, dict(flip_labels or {}), seed
 
     def __len__(self) -> int:
@@ -116,7 +119,11 @@ class VideoClipDataset(Dataset):
         clip = None if self.train else clip_index
         try:
             frames = read_frames(
-                record.path, lambda n: self._indices(n, clip, generator), self.decoder, self.fallback_decoder
+                record.path,
+                lambda n: self._indices(n, clip, generator),
+                self.decoder,
+                self.fallback_decoder,
+                self.decoder_threads,
             )
         except VideoDecodeError as err:
             return [{"skipped": str(err)}]

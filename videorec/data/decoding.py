@@ -49,10 +49,10 @@ def _gather(unique: np.ndarray, frames: torch.Tensor, indices: np.ndarray) -> to
     return frames[torch.from_numpy(np.searchsorted(unique, indices))]
 
 
-def _read_decord(path: str, choose: IndexFn) -> torch.Tensor:
+def _read_decord(path: str, choose: IndexFn, threads: int) -> torch.Tensor:
     import decord
 
-    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
     try:
         indices = choose(len(reader))
         unique = np.unique(indices)
@@ -71,11 +71,13 @@ def _count_packets(path: str) -> int:
         return sum(1 for packet in container.demux(video=0) if packet.size)
 
 
-def _read_pyav(path: str, choose: IndexFn) -> torch.Tensor:
+def _read_pyav(path: str, choose: IndexFn, threads: int) -> torch.Tensor:
     import av
 
     with av.open(path) as container:
         stream = container.streams.video[0]
+        stream.thread_type = "SLICE" if threads == 1 else "AUTO"  # AUTO: frame and slice threads
+        stream.codec_context.thread_count = threads
         num_video_frames = stream.frames or _count_packets(path)  # webm headers carry no frame count
         if num_video_frames <= 0:
             raise VideoDecodeError(f"{path}: no video frames")
@@ -100,10 +102,10 @@ def _read_pyav(path: str, choose: IndexFn) -> torch.Tensor:
     return torch.from_numpy(np.stack([decoded[i] for i in nearest.tolist()]))
 
 
-def _read_torchcodec(path: str, choose: IndexFn) -> torch.Tensor:
+def _read_torchcodec(path: str, choose: IndexFn, threads: int) -> torch.Tensor:
     from torchcodec.decoders import VideoDecoder
 
-    reader = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=1, seek_mode="exact")
+    reader = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=threads, seek_mode="exact")
     indices = choose(reader.metadata.num_frames)
     unique = np.unique(indices)
     frames = reader.get_frames_at(unique.tolist()).data
@@ -115,7 +117,7 @@ def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def _read_folder(path: str, choose: IndexFn) -> torch.Tensor:
+def _read_folder(path: str, choose: IndexFn, threads: int) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     names = sorted((n for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES)), key=_natural_key)
@@ -132,7 +134,11 @@ _READERS = {"decord": _read_decord, "pyav": _read_pyav, "torchcodec": _read_torc
 
 
 def read_frames(
-    path: str | Path, choose_indices: IndexFn, decoder: str = "decord", fallback: str | None = "pyav"
+    path: str | Path,
+    choose_indices: IndexFn,
+    decoder: str = "decord",
+    fallback: str | None = "pyav",
+    threads: int = 1,
 ) -> torch.Tensor:
     """Decode the frames `choose_indices(num_video_frames)` names.
 
@@ -141,6 +147,8 @@ def read_frames(
         choose_indices: maps the video's frame count to the (T,) frame indices wanted (repeats allowed).
         decoder: "decord", "pyav" or "torchcodec".
         fallback: a second decoder tried when the first fails (decord rejects a few valid files); None for none.
+        threads: decoding threads (0: FFmpeg's automatic choice, frame threading included). One thread per
+            DataLoader worker suits machines where the workers already fill the cores.
 
     Returns:
         (T, H, W, 3) uint8 frames.
@@ -162,7 +170,7 @@ def read_frames(
     errors = []
     for reader in readers:
         try:
-            frames = reader(path, choose_indices)
+            frames = reader(path, choose_indices, threads)
         except Exception as err:  # decoders raise many types (DECORDError, av.error.*, RuntimeError)
             errors.append(f"{reader.__name__[6:]}: {type(err).__name__}: {str(err).strip().splitlines()[-1:]}")
             continue
