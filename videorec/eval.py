@@ -99,7 +99,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     views = {k: data_cfg.get(k) for k in ("eval_clips", "eval_crops") if data_cfg.get(k) is not None}
     result.update(views)
     write_json(output_dir / "eval.json", result)
-    paths = datamodule.video_paths("test") if hasattr(datamodule, "video_paths") else None
+    records = getattr(datamodule, "records", {}).get("test") or []
+    paths = [str(r.path) for r in records] or None
     _write_predictions(output_dir / "predictions.csv", video["videos"], model.hparams.get("class_names"), paths)
     shown = {k: v for k, v in result.items() if k not in ("checkpoint", "model")}
     print_summary(

@@ -16,12 +16,14 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from .lit import VideoClassifier
 from .models import is_model, list_models
 from .models.registry import UnknownModelError
 from .utils.run import (
+    finish_loggers,
     flat_metrics,
     instantiate_callbacks,
     instantiate_loggers,
@@ -92,6 +94,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = build_module(cfg, datamodule.num_classes, getattr(datamodule, "class_names", None))
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
+    if not loggers:  # the learning-rate monitor needs a logger to write to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -122,8 +126,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         "run directory": str(output_dir),
         "W&B run folder": wandb_dir,
     }
-    if wandb_dir and os.environ.get("WANDB_MODE") == "offline":
+    if wandb_dir and os.environ.get("WANDB_MODE") in ("offline", "dryrun"):
         extra["W&B"] = f"offline run; upload it with: wandb sync {wandb_dir}"
+    finish_loggers(loggers)
     shown = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/", "train/acc", "train/loss_epoch"))}
     print_summary(f"videorec: {cfg.model.name} on {OmegaConf.select(cfg, 'data.name', default='data')}", shown, extra)
     return metrics

@@ -149,7 +149,7 @@ def generate(root: str | os.PathLike, train_per_class: int, val_per_class: int, 
                 folder = tmp / "videos" / split / name
                 folder.mkdir(parents=True)
                 for i in range(count):
-                    rng = np.random.default_rng([seed, split_id, label, i])
+                    rng = np.random.default_rng([seed, split_id, label // 2, i])  # partners share scenes
                     _encode(folder / f"{i:04d}.mp4", render(name, rng), crf)
                     lines.append(f"videos/{split}/{name}/{i:04d}.mp4 {label}")
             (tmp / f"{split}.txt").write_text("\n".join(lines) + "\n")

@@ -25,6 +25,7 @@ __all__ = [
     "write_json",
     "print_summary",
     "wandb_run_dir",
+    "finish_loggers",
 ]
 
 log = logging.getLogger("videorec")
@@ -80,6 +81,15 @@ def wandb_run_dir(loggers: list[Logger]) -> str | None:
             except Exception:  # noqa: BLE001 - disabled run on non-zero ranks
                 return None
     return None
+
+
+def finish_loggers(loggers: list[Logger]) -> None:
+    """Close a W&B run so its summary and files are written (an offline run is then complete for `wandb sync`)."""
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
 
 
 def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

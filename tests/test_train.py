@@ -1,0 +1,141 @@
+"""The entry points end to end on the embedded dataset: real H.264 mp4 files decoded by decord."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import compose_config
+
+from videorec.eval import evaluate
+from videorec.models import UnknownModelError
+from videorec.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_synthetic(tmp_path_factory) -> list[str]:
+    """Overrides pointing at a small generated copy of the embedded dataset (2 train + 1 val video a class)."""
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    return [
+        f"data.root={root}",
+        "data.train_per_class=2",
+        "data.val_per_class=1",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer=cpu",
+    ]
+
+
+def _run(tmp_path, overrides, config="train"):
+    cfg = compose_config(config, overrides, tmp_path)
+    return cfg, (train(cfg) if config == "train" else evaluate(cfg))
+
+
+def test_fast_dev_run_train_then_eval(tmp_path, tiny_synthetic):
+    run_dir = tmp_path / "run"
+    cfg, metrics = _run(run_dir, [*tiny_synthetic, "logger=none", "trainer.fast_dev_run=true"])
+    assert {"val/acc1", "val/acc5", "val/loss", "train/acc1"} <= set(metrics)
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert written["val/acc1"] == pytest.approx(metrics["val/acc1"])
+    assert (run_dir / "config.yaml").is_file()
+
+
+def test_train_writes_checkpoint_then_eval_reports_clip_and_video_metrics(tmp_path, tiny_synthetic):
+    run_dir = tmp_path / "run"
+    overrides = [
+        *tiny_synthetic,
+        "logger=csv",
+        "trainer.max_epochs=1",
+        "test=true",
+        "data.eval_clips=2",
+        "data.eval_crops=1",
+    ]
+    _, metrics = _run(run_dir, overrides)
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    assert any(p.name == "last.ckpt" for p in ckpts) and len(ckpts) == 2
+    assert metrics["test/num_videos"] == 8 and metrics["test/num_clips"] == 16
+    assert (run_dir / "csv" / "metrics.csv").is_file()
+    # evaluation from the checkpoint alone: the data config is taken from it
+    eval_dir = tmp_path / "eval"
+    _, result = _run(eval_dir, [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "trainer=cpu"], config="eval")
+    saved = json.loads((eval_dir / "eval.json").read_text())
+    for key in ("clip_acc1", "clip_acc5", "video_acc1", "video_acc5", "num_videos", "num_clips"):
+        assert saved[key] == pytest.approx(result[key])
+    assert saved["num_videos"] == 8 and saved["num_clips"] == 16  # the data config stored in the checkpoint
+    rows = (eval_dir / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 9 and rows[0].startswith("video_index,path,label")
+    assert "videos/val/" in rows[1]
+
+
+def test_wandb_offline_run_leaves_its_folder_with_metrics(tmp_path, tiny_synthetic, monkeypatch):
+    from wandb_records import config_keys, history
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run_dir = tmp_path / "run"
+    overrides = [*tiny_synthetic, "logger=wandb", "trainer.max_epochs=1", "trainer.log_every_n_steps=1"]
+    _, metrics = _run(run_dir, overrides)
+    assert os.environ["WANDB_MODE"] in ("offline", "dryrun")  # no login prompt on a fresh machine
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((run_dir / "wandb").iterdir())
+    (run_file,) = runs[0].glob("run-*.wandb")
+    rows = history(run_file)
+    logged = {k for row in rows for k in row}
+    assert {"val/acc1", "val/loss", "train/loss"} <= logged, logged
+    assert any(k.startswith("lr") for k in logged), logged  # the learning rate, per parameter group
+    last_val = [row["val/acc1"] for row in rows if "val/acc1" in row][-1]
+    assert last_val == pytest.approx(metrics["val/acc1"])  # one epoch: the best checkpoint is the last
+    assert {"model", "data", "module", "trainer"} <= config_keys(run_file)  # the resolved config
+
+
+def test_resume_from_last_checkpoint_continues_the_schedule(tmp_path, tiny_synthetic):
+    run_dir = tmp_path / "run"
+    _run(run_dir, [*tiny_synthetic, "logger=none", "trainer.max_epochs=1"])
+    last = run_dir / "checkpoints" / "last.ckpt"
+    import torch
+
+    first = torch.load(last, weights_only=True)
+    _, metrics = _run(run_dir, [*tiny_synthetic, "logger=none", "trainer.max_epochs=2", "ckpt_path=last"])
+    second = torch.load(last, weights_only=True)
+    assert second["epoch"] > first["epoch"]
+    assert second["global_step"] == 2 * first["global_step"]  # one more epoch, not a restart
+    sched = second["lr_schedulers"][0]
+    assert sched["last_epoch"] == second["global_step"]  # the per-step schedule carried on
+    assert "val/acc1" in metrics
+
+
+def test_temporal_control_switch_reaches_the_batches(tmp_path, tiny_synthetic):
+    from hydra.utils import instantiate
+
+    cfg = compose_config("train", [*tiny_synthetic, "data.temporal_control=repeat"], tmp_path)
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    video = next(iter(dm.val_dataloader()))["video"]  # (B, C, T, H, W)
+    assert (video - video[:, :, :1]).abs().max() == 0
+
+
+def test_unknown_model_name_is_a_clear_error(tmp_path, tiny_synthetic):
+    cfg = compose_config("train", [*tiny_synthetic, "logger=none"], tmp_path)
+    cfg.model.name = "resnet_9000"
+    with pytest.raises(UnknownModelError, match="Known models: .*uniformer_tiny"):
+        train(cfg)
+
+
+def test_cli_unknown_model_lists_known_ones(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "videorec.train", "model=resnet_9000", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode != 0
+    assert "model/resnet_9000" in out.stderr and "uniformer_tiny" in out.stderr and "mvit_b" in out.stderr
