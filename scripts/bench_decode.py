@@ -29,8 +29,11 @@ from rich.table import Table
 from videorec.data.decoding import check_decoder, read_frames
 
 
-def make_video(path: Path, width: int, height: int, seconds: float = 10, fps: int = 30, seed: int = 0) -> Path:
-    """An H.264 file with Kinetics-like encoding (yuv420p, x264 default GOP) and moving textured content."""
+def make_video(
+    path: Path, width: int, height: int, seconds: float = 10, fps: int = 30, seed: int = 0, gop: int | None = None
+) -> Path:
+    """An H.264 file with Kinetics-like encoding (yuv420p, x264's default GOP of 250 frames unless `gop`) and moving
+    textured content."""
     rng = np.random.default_rng(seed)
     texture = rng.integers(0, 256, size=(height // 8 + 1, width // 8 + 1, 3), dtype=np.uint8)
     texture = np.kron(texture, np.ones((8, 8, 1), dtype=np.uint8))
@@ -38,7 +41,7 @@ def make_video(path: Path, width: int, height: int, seconds: float = 10, fps: in
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"crf": "23", "preset": "veryfast"}
+        stream.options = {"crf": "23", "preset": "veryfast"} | ({"g": str(gop)} if gop else {})
         for t in range(int(seconds * fps)):
             dy, dx = (2 * t) % height, (3 * t) % width
             frame = texture[dy : dy + height, dx : dx + width].copy()
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
     parser.add_argument("--threads", default="0,1", help="decoding threads of our paths to time (0: automatic)")
     parser.add_argument("--reference-pyav", action="store_true", help="also time pytorchvideo's PyAV path")
     parser.add_argument("--seconds", type=float, default=10, help="length of the generated files")
+    parser.add_argument("--gop", type=int, help="keyframe interval of the generated files (default: x264's 250)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one DataLoader worker
     console = Console()
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
             for seed in range(2):
                 console.print(f"writing a {width}x{height} test video ({seed + 1}/2)")
                 path = Path(tmp.name) / f"{width}x{height}_{seed}.mp4"
-                files.append(make_video(path, width, height, seconds=args.seconds, seed=seed))
+                files.append(make_video(path, width, height, seconds=args.seconds, seed=seed, gop=args.gop))
 
     fps, frames, groups = {}, {}, {}
     for path in files:
