@@ -167,24 +167,28 @@ def _split_cls(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     return cls_tok, rest
 
 
-def _pool_heads(x: torch.Tensor, pool: nn.Module, norm: nn.Module | None, thw: Size3) -> tuple[torch.Tensor, Size3]:
-    """Pool the space-time tokens of a (B, h, 1 + THW, d) tensor; the class token skips the pool, then all are normed.
+def _pool_heads(
+    x: torch.Tensor, pool: nn.Conv3d, norm: nn.Module, thw: Size3, num_heads: int
+) -> tuple[torch.Tensor, Size3]:
+    """Pool Q, K or V: the space-time tokens of (B, 1 + THW, h * d) go through a depthwise conv shared by the heads;
+    the class token skips the pool; then every head is normalised over its d channels.
+
+    The tokens are pooled as one (B, h * d, T, H, W) channels-last tensor (the conv kernel repeated per head), which
+    needs no transposition of heads into the batch and keeps the backward pass free of extra copies.
 
     Returns:
-        (B, h, 1 + T'H'W', d) and the pooled grid (T', H', W').
+        (B, 1 + T'H'W', h * d) and the pooled grid (T', H', W').
     """
-    B, h, _, d = x.shape
-    T, H, W = thw
-    cls_tok, grid = _split_cls(x, 2)
-    # (B, h, THW, d) -> (B * h, d, T, H, W)
-    grid = grid.reshape(B * h, T, H, W, d).permute(0, 4, 1, 2, 3)
-    grid = pool(grid)
+    C = x.shape[-1]
+    cls_tok, grid = _split_cls(x, 1)
+    # (B, THW, C) -> (B, C, T, H, W), a channels-last view
+    grid = grid.unflatten(1, thw).permute(0, 4, 1, 2, 3)
+    weight = pool.weight.repeat(num_heads, 1, 1, 1, 1)  # (d, 1, k, k, k) -> (h * d, 1, k, k, k)
+    grid = F.conv3d(grid, weight, None, pool.stride, pool.padding, groups=C)
     new_thw = tuple(grid.shape[2:])
-    # (B * h, d, T', H', W') -> (B, h, T'H'W', d)
-    grid = grid.reshape(B, h, d, -1).transpose(2, 3)
-    x = torch.cat((cls_tok, grid), dim=2)
-    if norm is not None:
-        x = norm(x)
+    grid = grid.flatten(2).transpose(1, 2)  # (B, C, T', H', W') -> (B, T'H'W', C)
+    x = torch.cat((cls_tok, grid), dim=1)
+    x = norm(x.unflatten(-1, (num_heads, C // num_heads))).flatten(2)  # LayerNorm per head
     return x, new_thw  # type: ignore[return-value]
 
 
@@ -367,16 +371,18 @@ class MultiScaleAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, thw: Size3) -> tuple[torch.Tensor, Size3]:
         """(B, 1 + THW, C) -> (B, 1 + T'H'W', dim_out) and the pooled grid."""
-        B, N, _ = x.shape
-        # (B, N, 3 * h * d) -> (3, B, h, N, d)
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        B = x.shape[0]
+        h, d = self.num_heads, self.head_dim
+        q, k, v = self.qkv(x).split(self.dim_out, dim=-1)  # 3 x (B, N, h * d) views
         k_thw = thw
         if self.pool_k is not None:
-            k, k_thw = _pool_heads(k, self.pool_k, self.norm_k, thw)
-            v, _ = _pool_heads(v, self.pool_v, self.norm_v, thw)
+            k, k_thw = _pool_heads(k, self.pool_k, self.norm_k, thw, h)
+            v, _ = _pool_heads(v, self.pool_v, self.norm_v, thw, h)
         q_thw = thw
         if self.pool_q is not None:
-            q, q_thw = _pool_heads(q, self.pool_q, self.norm_q, thw)
+            q, q_thw = _pool_heads(q, self.pool_q, self.norm_q, thw, h)
+        # (B, N, h * d) -> (B, h, N, d)
+        q, k, v = (t.unflatten(-1, (h, d)).transpose(1, 2) for t in (q, k, v))
 
         bias = q_sp = None
         if self.rel_pos or self.residual_pool:
