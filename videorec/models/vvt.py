@@ -432,13 +432,14 @@ def vvt_s(**kwargs) -> VicinityVisionTransformer:
 
 @register_model
 def vvt_tiny(**kwargs) -> VicinityVisionTransformer:
-    """A small VVT for tests and the embedded-dataset demo: 8 frames, 64 px, CPU-fast."""
+    """A small VVT for tests and the embedded-dataset demo: 8 frames (no temporal stride), 64 px, CPU-fast."""
     defaults = dict(
         embed_dims=(32, 64, 96, 128),
         num_heads=(1, 1, 2, 2),
         mlp_ratios=(4, 4, 4, 4),
         depths=(1, 1, 1, 1),
         num_frames=8,
+        temporal_stride=1,  # keep all 8 frames: the embedded classes are told apart by motion
         img_size=64,
         num_classes=8,
     )
