@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import fnmatch
 import json
 import statistics
 import sys
@@ -102,10 +103,36 @@ def pytorchvideo_mvit_b(num_frames: int, img_size: int, num_classes: int) -> nn.
     )
 
 
+class _PerFrame(nn.Module):
+    """An image model on every frame of (B, C, T, H, W), logits averaged over time (T=1: the image model itself)."""
+
+    def __init__(self, image_model: nn.Module) -> None:
+        super().__init__()
+        self.image_model = image_model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, T, H, W = x.shape
+        frames = x.transpose(1, 2).reshape(B * T, C, H, W)  # (B, C, T, H, W) -> (B * T, C, H, W)
+        return self.image_model(frames).reshape(B, T, -1).mean(1)
+
+
+def timm_twins(name: str) -> Builder:
+    """Builder for timm's image ``twins_pcpvt_small`` / ``twins_svt_small`` run frame by frame, random weights."""
+
+    def build(num_frames: int, img_size: int, num_classes: int) -> nn.Module:
+        import timm
+
+        return _PerFrame(timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=img_size))
+
+    return build
+
+
 REFERENCES: dict[str, dict[str, Builder]] = {
     "mvit_b": {"torchvision mvit_v1_b": torchvision_mvit("mvit_v1_b"), "pytorchvideo MViT-B": pytorchvideo_mvit_b},
     "mvit_b_32x3": {"torchvision mvit_v1_b": torchvision_mvit("mvit_v1_b"), "pytorchvideo MViT-B": pytorchvideo_mvit_b},
     "mvitv2_s": {"torchvision mvit_v2_s": torchvision_mvit("mvit_v2_s")},
+    "twins_pcpvt_s": {"timm twins_pcpvt_small/frame": timm_twins("twins_pcpvt_small")},
+    "twins_svt_s": {"timm twins_svt_small/frame": timm_twins("twins_svt_small")},
 }
 
 
@@ -245,6 +272,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference implementations")
+    parser.add_argument("--references", default="*", help="glob on reference labels, e.g. 'torchvision*'")
     parser.add_argument("--json", type=Path, default=None, help="write all results to this file")
     args = parser.parse_args(argv)
 
@@ -272,7 +300,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         if not args.no_reference:
             for label, build in REFERENCES.get(name, {}).items():
-                group[label] = build(args.frames, args.size, args.num_classes).to(device)
+                if fnmatch.fnmatch(label, args.references):
+                    group[label] = build(args.frames, args.size, args.num_classes).to(device)
         results = bench_group(group, x, dtype, args.iters, args.warmup, args.frames, args.size)
         print(f"\n{name}")
         print(f"  {'model':<26}{'params(M)':>10}{'GFLOPs':>9}{'fwd ms':>16}{'fwd+bwd ms':>18}{'peak MB':>10}")
