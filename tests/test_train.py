@@ -46,8 +46,10 @@ def test_fast_dev_run_train_then_eval(tmp_path, tiny_synthetic):
     assert (run_dir / "config.yaml").is_file()
 
 
-def test_train_writes_checkpoint_then_eval_reports_clip_and_video_metrics(tmp_path, tiny_synthetic):
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_synthetic):
+    """One short training run (1 epoch, then multi-view test) shared by the eval and predict tests."""
+    run_dir = tmp_path_factory.mktemp("trained")
     overrides = [
         *tiny_synthetic,
         "logger=csv",
@@ -57,6 +59,11 @@ def test_train_writes_checkpoint_then_eval_reports_clip_and_video_metrics(tmp_pa
         "data.eval_crops=1",
     ]
     _, metrics = _run(run_dir, overrides)
+    return run_dir, metrics
+
+
+def test_train_writes_checkpoint_then_eval_reports_clip_and_video_metrics(tmp_path, trained):
+    run_dir, metrics = trained
     ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt"))
     assert any(p.name == "last.ckpt" for p in ckpts) and len(ckpts) == 2
     assert metrics["test/num_videos"] == 8 and metrics["test/num_clips"] == 16
@@ -139,3 +146,41 @@ def test_cli_unknown_model_lists_known_ones(tmp_path):
     )
     assert out.returncode != 0
     assert "model/resnet_9000" in out.stderr and "uniformer_tiny" in out.stderr and "mvit_b" in out.stderr
+
+
+def test_predict_names_top_classes_and_skips_broken_files(tmp_path, trained, tiny_synthetic):
+    from videorec.predict import predict
+
+    run_dir, _ = trained
+    data_root = Path(next(o for o in tiny_synthetic if o.startswith("data.root=")).split("=", 1)[1])
+    videos = tmp_path / "mine"
+    videos.mkdir()
+    for name in ("clockwise", "move_left"):
+        (videos / f"{name}.mp4").write_bytes((data_root / "videos" / "val" / name / "0000.mp4").read_bytes())
+    (videos / "broken.mp4").write_text("not a video")
+    overrides = [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"input={videos}", "topk=3", "num_workers=0"]
+    cfg = compose_config("predict", overrides, tmp_path / "out")
+    results = predict(cfg)
+    assert [Path(r["path"]).name for r in results] == ["clockwise.mp4", "move_left.mp4"]
+    for r in results:
+        assert len(r["top"]) == 3 and r["num_views"] == 2
+        scores = [t["score"] for t in r["top"]]
+        assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6
+        assert all(
+            t["name"]
+            in (
+                "move_right",
+                "move_left",
+                "move_down",
+                "move_up",
+                "clockwise",
+                "counterclockwise",
+                "approach",
+                "recede",
+            )
+            for t in r["top"]
+        )
+    saved = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert len(saved["videos"]) == 2 and len(saved["skipped"]) == 1 and "broken.mp4" in saved["skipped"][0]
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        predict(compose_config("predict", [*overrides[:1], f"input={tmp_path / 'nope'}"], tmp_path / "out2"))

@@ -1,0 +1,136 @@
+"""Prediction on your own videos: ``python -m videorec.predict ckpt_path=<checkpoint> input=<video or folder>``.
+
+Every video is decoded into the evaluation views of the data configuration stored in the checkpoint (uniformly
+spaced clips x crops, the geometry the model was trained for), the softmax probabilities of its views are averaged,
+and the top-k class names are printed and written to ``predictions.json`` in the run directory. A file that cannot be
+decoded is reported by name and skipped.
+
+Examples:
+    python -m videorec.predict ckpt_path=best.ckpt input=clip.mp4
+    python -m videorec.predict ckpt_path=best.ckpt input=videos/ topk=3 clips=4 crops=3
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from .data.datasets import VideoRecord
+from .lit import VideoClassifier, aggregate_views
+from .utils.run import write_json
+
+__all__ = ["predict", "find_videos", "main", "VIDEO_SUFFIXES"]
+
+log = logging.getLogger("videorec")
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".3gp")
+
+
+def find_videos(source: str | Path) -> list[Path]:
+    """A video file, or every video file under a folder (recursively, sorted)."""
+    source = Path(source).expanduser()
+    if source.is_file():
+        return [source]
+    if source.is_dir():
+        found = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+        if not found:
+            raise FileNotFoundError(f"input={source}: no video files ({', '.join(VIDEO_SUFFIXES)}) in this folder")
+        return found
+    raise FileNotFoundError(f"input={source}: no such file or folder")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def predict(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Classify every video of ``cfg.input`` with ``cfg.ckpt_path``; returns one entry per video, in input order."""
+    ckpt = Path(cfg.ckpt_path)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file")
+    videos = find_videos(cfg.input)
+    model = VideoClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    names = model.hparams.get("class_names") or [str(i) for i in range(model.hparams.num_classes)]
+    if cfg.get("data") is not None:
+        data_cfg = cfg.data
+    elif model.hparams.get("data_config"):
+        data_cfg = OmegaConf.create(model.hparams.data_config)
+    else:
+        raise ValueError(f"{ckpt}: the checkpoint stores no data configuration; pass one, e.g. data=k400")
+    overrides = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "temporal_control": "none"}
+    for key, value in (("eval_clips", cfg.clips), ("eval_crops", cfg.crops)):
+        if value is not None:
+            overrides[key] = int(value)
+    datamodule = instantiate(data_cfg, **overrides)
+    datamodule.records["test"] = [VideoRecord(str(p), 0) for p in videos]  # the user's files, unlabelled
+
+    device = _device(cfg.device)
+    model.to(device)
+    views: dict[str, list[torch.Tensor]] = {"probs": [], "video_index": [], "clip_index": [], "crop_index": []}
+    skipped: list[str] = []
+    loader = datamodule.test_dataloader()
+    for batch in track(loader, description=f"predicting {len(videos)} video(s)", transient=True):
+        skipped += batch.get("skipped", [])
+        if batch["video"].shape[0] == 0:
+            continue
+        logits = model(batch["video"].to(device))
+        views["probs"].append(logits.float().softmax(-1).cpu())
+        for key in ("video_index", "clip_index", "crop_index"):
+            views[key].append(batch[key])
+    # each view of a broken file reports it: keep one line per file
+    skipped = list({item.split(": ", 1)[0]: item for item in skipped}.values())
+    results: list[dict[str, Any]] = []
+    if views["probs"]:
+        cat = {k: torch.cat(v) for k, v in views.items()}
+        agg = aggregate_views(label=torch.zeros_like(cat["video_index"]), **cat)["videos"]
+        k = min(int(cfg.topk), len(names))
+        for vid, probs, n in zip(agg["video_index"].tolist(), agg["probs"], agg["num_views"].tolist(), strict=True):
+            scores, idx = probs.topk(k)
+            results.append(
+                {
+                    "path": str(videos[vid]),
+                    "num_views": n,
+                    "top": [
+                        {"label": int(i), "name": names[i], "score": float(s)}
+                        for s, i in zip(scores.tolist(), idx.tolist(), strict=True)
+                    ],
+                }
+            )
+    output_dir = Path(cfg.paths.output_dir)
+    write_json(output_dir / "predictions.json", {"checkpoint": str(ckpt), "videos": results, "skipped": skipped})
+    _show(results, skipped, output_dir / "predictions.json")
+    return results
+
+
+def _show(results: list[dict[str, Any]], skipped: list[str], path: Path) -> None:
+    console = Console()
+    table = Table(title="videorec predictions", show_lines=False)
+    table.add_column("video")
+    table.add_column("top classes (probability)")
+    for r in results:
+        table.add_row(Path(r["path"]).name, ", ".join(f"{t['name']} ({t['score']:.3f})" for t in r["top"]))
+    console.print(table)
+    for item in skipped:
+        console.print(f"[yellow]skipped[/yellow] {item}")
+    console.print(f"[bold]predictions:[/bold] {path}")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()
