@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import fnmatch
 import json
 import statistics
 import sys
@@ -271,6 +272,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     parser.add_argument("--no-reference", action="store_true", help="skip the reference implementations")
+    parser.add_argument("--references", default="*", help="glob on reference labels, e.g. 'torchvision*'")
     parser.add_argument("--json", type=Path, default=None, help="write all results to this file")
     args = parser.parse_args(argv)
 
@@ -298,7 +300,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         if not args.no_reference:
             for label, build in REFERENCES.get(name, {}).items():
-                group[label] = build(args.frames, args.size, args.num_classes).to(device)
+                if fnmatch.fnmatch(label, args.references):
+                    group[label] = build(args.frames, args.size, args.num_classes).to(device)
         results = bench_group(group, x, dtype, args.iters, args.warmup, args.frames, args.size)
         print(f"\n{name}")
         print(f"  {'model':<26}{'params(M)':>10}{'GFLOPs':>9}{'fwd ms':>16}{'fwd+bwd ms':>18}{'peak MB':>10}")
