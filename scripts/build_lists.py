@@ -57,7 +57,7 @@ def check_all(records: list[VideoRecord], decoder: str, workers: int, title: str
                 results.append(check_video(path, decoder))
                 progress.advance(task)
         else:
-            with ProcessPoolExecutor(workers) as pool:
+            with ProcessPoolExecutor(workers) as pool:  # forked before any decoder thread has started
                 for result in pool.map(check_video, paths, [decoder] * len(paths), chunksize=16):
                     results.append(result)
                     progress.advance(task)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,11 +14,9 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # the process pool pickles functions by module name
-    spec.loader.exec_module(module)
-    return module
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))  # importable by name in the checking processes too
+    return importlib.import_module(name)
 
 
 def test_build_kinetics_lists(tmp_path):
@@ -28,7 +27,9 @@ def test_build_kinetics_lists(tmp_path):
     write_text_as_video(sorted(root.glob("val/*/*.mp4"))[0])
     (sorted(root.glob("val/*/*.mp4"))[1]).unlink()
     out = tmp_path / "lists"
-    assert _load("build_lists").main(["kinetics", "--root", str(root), "--out", str(out), "--workers", "2"]) == 0
+    # as a command, with its process pool (forked from a fresh process, not from this multi-threaded one)
+    command = [sys.executable, str(SCRIPTS / "build_lists.py"), "kinetics", "--root", str(root), "--out", str(out)]
+    subprocess.run([*command, "--workers", "2"], check=True, capture_output=True, timeout=300)
     train = (out / "train.txt").read_text().splitlines()
     assert len(train) == 3 and all(line.startswith("train/") for line in train)
     assert [line.split()[-1] for line in train] == ["0", "1", "1"]

@@ -79,7 +79,7 @@ def test_reads_through_the_kinetics_path_with_decord(tiny_root):
     assert batch["video"].shape == (4, 3, 8, 64, 64) and batch["skipped"] == []
     frames = read_frames(tiny_root / "videos/val/clockwise/0000.mp4", lambda n: np.arange(n), "decord", None)
     assert tuple(frames.shape) == (FRAMES, SIZE, SIZE, 3)
-    original = render("clockwise", np.random.default_rng([0, 1, 4, 0]))
+    original = render("clockwise", np.random.default_rng([0, 1, 4 // 2, 0]))  # partners share their scenes
     assert np.abs(frames.numpy().astype(int) - original).mean() < 6  # lossy, but the same video
 
 
@@ -96,3 +96,25 @@ def test_generation_is_atomic(tmp_path):
     assert (root / "meta.json").exists() and not list(tmp_path.glob(".synthetic-v1.tmp-*/train.txt"))
     with pytest.raises(RuntimeError, match="delete it or point data.root elsewhere"):
         SyntheticDataModule(root=str(root), train_per_class=3, val_per_class=1).prepare_data()
+
+
+def _x_centroid_trend(video: np.ndarray) -> float:
+    """Slope of the x centre of what changes between frames: > 0 moving right."""
+    diff = np.abs(np.diff(video.astype(np.float64), axis=0)).sum(-1)  # (T-1, H, W)
+    xs = np.arange(diff.shape[2])
+    centres = (diff.sum(1) * xs).sum(1) / diff.sum((1, 2))
+    return float(np.polyfit(np.arange(len(centres)), centres, 1)[0])
+
+
+def test_flip_labels_follow_the_mirrored_motion(tmp_path):
+    mapping = SyntheticDataModule(root=str(tmp_path)).flip_labels()
+    assert all(mapping[mapping[i]] == i for i in mapping)  # an involution
+    assert {CLASSES[i]: CLASSES[j] for i, j in mapping.items() if i != j} == {
+        "move_right": "move_left",
+        "move_left": "move_right",
+        "clockwise": "counterclockwise",
+        "counterclockwise": "clockwise",
+    }
+    video = render("move_right", np.random.default_rng(3))
+    assert _x_centroid_trend(video) > 0.1
+    assert _x_centroid_trend(video[:, :, ::-1]) < -0.1  # mirrored: a move_left video
