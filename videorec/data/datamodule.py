@@ -20,7 +20,9 @@ every rank runs the same number of steps); the val/test samplers are `EvalDistri
 is evaluated twice). Both are `DistributedSampler` instances, so Lightning leaves them in place whatever
 `use_distributed_sampler` says, and its fit loop calls `set_epoch`. Evaluation ranks may run one batch more than
 others: the LightningModule must not run collectives per step in val/test (log with `on_epoch=True`; torchmetrics
-synchronise at `compute`).
+synchronise at `compute`). Under `strategy=ddp_spawn` the DataLoader workers inherit the spawn start method (each one a
+fresh interpreter importing torch, per loader and epoch): set `data.multiprocessing_context=fork` or
+`data.persistent_workers=true` there; torchrun / `strategy=ddp` fork them as usual.
 """
 
 from __future__ import annotations
