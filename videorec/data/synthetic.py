@@ -181,8 +181,8 @@ class SyntheticDataModule(KineticsDataModule):
     def __init__(
         self,
         root: str = f"~/.cache/videorec/synthetic-{VERSION}",
-        train_per_class: int = 48,
-        val_per_class: int = 16,
+        train_per_class: int = 150,
+        val_per_class: int = 25,
         generation_seed: int = 0,
         crf: int = 26,
         **kwargs,
@@ -216,6 +216,12 @@ class SyntheticDataModule(KineticsDataModule):
             self.root.rmdir()
         m = self.meta
         generate(self.root, m["train_per_class"], m["val_per_class"], seed=m["seed"], crf=m["crf"])
+
+    def flip_labels(self) -> dict[int, int | None]:
+        """A horizontal flip turns right into left and clockwise into counter-clockwise; the other classes stay."""
+        swap = {"move_right": "move_left", "clockwise": "counterclockwise"}
+        swap.update({b: a for a, b in swap.items()})
+        return {i: CLASSES.index(swap.get(name, name)) for i, name in enumerate(CLASSES)}
 
     def load_records(self, split: str) -> list[VideoRecord]:
         if not (self.root / "meta.json").exists():
