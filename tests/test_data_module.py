@@ -170,3 +170,13 @@ def test_skipped_videos_callback_logs_the_count(broken_root, caplog):
     assert trainer.callback_metrics["val/skipped_videos"].item() == 4
     assert callback.last_counts == {"train": 4, "val": 4}
     assert "skipped 4 undecodable video(s)" in caplog.text and "text.mp4" in caplog.text
+
+
+def test_odd_sized_video_smaller_than_the_crop(tmp_path):
+    write_video(tmp_path / "tiny.mp4", frame_id_frames(3, 15, 21))  # odd sides, below the crop, shorter than a clip
+    (tmp_path / "train.txt").write_text("tiny.mp4 0\n")
+    (tmp_path / "val.txt").write_text("tiny.mp4 0\n")
+    dm = KineticsDataModule(root=str(tmp_path), eval_crops=3, **SMALL)
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        batch = next(iter(loader))
+        assert batch["video"].shape[1:] == (3, 4, 24, 24) and batch["skipped"] == []
