@@ -20,6 +20,7 @@ reports no line numbers and sorts folder classes alphabetically instead of by th
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import re
 from collections.abc import Sequence
@@ -74,8 +75,10 @@ def _label_index(label: str, lookup: dict[str, int], num_classes: int, where: st
     return lookup[key]
 
 
+@functools.lru_cache(maxsize=4)
 def _index_videos(root: Path) -> dict[str, str]:
-    """basename -> path of every video under `root` (one walk, for the official csv's youtube-id names)."""
+    """stem -> path of every video under `root`, for the official csv's youtube-id names (one walk per root and
+    process, shared by the splits: a Kinetics tree holds hundreds of thousands of files)."""
     found: dict[str, str] = {}
     for folder, _, files in os.walk(root, followlinks=True):
         for name in files:
