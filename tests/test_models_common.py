@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from videorec.models import UnknownModelError, create_model, list_models, model_family
+from videorec.models.layers import DropPath
 
 TINY = list_models("*_tiny")
 
@@ -52,7 +53,7 @@ def test_tiny_uniform_api(name):
 def test_tiny_drop_path_override_changes_training_output(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=3, drop_path_rate=0.5).train()
-    rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    rates = [m.drop_prob for m in model.modules() if isinstance(m, DropPath)]
     assert rates and max(rates) == pytest.approx(0.5)
 
 

@@ -203,17 +203,6 @@ def _pool_tokens(x: torch.Tensor, pool: nn.Module, thw: Size3) -> torch.Tensor:
     return torch.cat((cls_tok, grid), dim=1)
 
 
-class _DropPath(DropPath):
-    """DropPath with one full-size multiply (the mask is scaled before it is applied)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
-        return x * mask
-
-
 def resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
     """Linearly resample a relative position table (L, d) to (length, d)."""
     if table.shape[0] == length:
@@ -448,7 +437,7 @@ class MultiScaleBlock(nn.Module):
             proj_drop=drop,
             norm_eps=pool_norm_eps,
         )
-        self.drop_path = _DropPath(drop_path)
+        self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(attn_dim, eps=norm_eps)
         self.mlp = Mlp(attn_dim, int(attn_dim * mlp_ratio), cfg.dim_out, drop=drop)
         self.proj = nn.Linear(cfg.dim, cfg.dim_out) if cfg.dim != cfg.dim_out else None
