@@ -7,8 +7,9 @@ The pipeline of :func:`load_pretrained`:
    (``model_state``), official UniFormer files (``model``), DDP ``module.`` prefixes, or a bare state dict.
 2. The family's ``checkpoint_filter_fn(state_dict, model)`` (a module-level function in the model's file, as in
    timm) renames foreign keys and resizes position tables. It may return ``(state_dict, format_name)``.
-3. :func:`adapt_state_dict` inflates 2D kernels to 3D (``"mean"`` or ``"center"``), drops a classifier of another
-   size with a warning, and raises an error naming every key that still does not fit.
+3. :func:`adapt_state_dict` inflates 2D kernels (or 3D kernels with one temporal tap) to 3D (``"mean"`` or
+   ``"center"``), drops a classifier of another size with a warning, and raises an error naming every key that still
+   does not fit.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def adapt_state_dict(
         if key not in target:
             continue
         want = target[key]
+        if value.ndim == 5 and want.ndim == 5 and value.shape[2] == 1 < want.shape[2]:
+            value = value.squeeze(2)  # a kernel with one temporal tap (an image model built as video) is 2D
         if value.shape == want.shape:
             out[key] = value
         elif (

@@ -396,19 +396,9 @@ class VicinityVisionTransformer(nn.Module):
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VicinityVisionTransformer) -> tuple[dict, str]:
-    """Our image-model (``num_frames=1``) weights into a video model.
-
-    Kernels stored with one temporal tap (O, I, 1, kh, kw) where the model has more become 2D (O, I, kh, kw), so the
-    generic loader inflates them (``"center"`` by default, which keeps the image response on one frame).
-    """
-    target = model.state_dict()
-    out, squeezed = {}, False
-    for key, value in state_dict.items():
-        want = target.get(key)
-        if want is not None and value.ndim == 5 and value.shape[2] == 1 and want.ndim == 5 and want.shape[2] > 1:
-            value, squeezed = value.squeeze(2), True
-        out[key] = value
-    return out, "vvt-image" if squeezed else "vvt"
+    """Our own key names; an image model's (``num_frames=1``) one-tap kernels are inflated by the generic loader."""
+    one_tap = any(v.ndim == 5 and v.shape[2] == 1 for k, v in state_dict.items() if "patch_embed" in k or "stem" in k)
+    return state_dict, "vvt-image" if one_tap else "vvt"
 
 
 def _create(variant: str, defaults: dict, overrides: dict) -> VicinityVisionTransformer:
