@@ -31,7 +31,7 @@ def main() -> None:
         names = [n for n in names if not n.endswith("_tiny")]
     if not names:
         raise SystemExit(f"no registered model matches {args.models}; known: {', '.join(list_models())}")
-    print(f"| model | input (T x H x W) | params (M) | GFLOPs / view |")
+    print("| model | input (T x H x W) | params (M) | GFLOPs / view |")
     print("|---|---|---|---|")
     for name in names:
         try:

@@ -96,8 +96,13 @@ def test_learning_rate_follows_warmup_then_decays(tmp_path):
 
     loader = DataLoader(RandomClips(n=8), batch_size=2)
     trainer = L.Trainer(
-        max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False, callbacks=[Record()],
-        enable_checkpointing=False, limit_val_batches=0,
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[Record()],
+        enable_checkpointing=False,
+        limit_val_batches=0,
     )
     trainer.fit(lit, loader)
     assert len(lrs) == 12
