@@ -28,6 +28,7 @@ __all__ = [
     "to_3tuple",
     "as_video",
     "trunc_normal_init",
+    "BackboneMixin",
 ]
 
 
@@ -253,3 +254,30 @@ def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
         nn.init.normal_(module.weight, std=math.sqrt(2.0 / fan_out))
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+class BackboneMixin:
+    """The uniform model API shared by every family (timm-style), for models with a linear ``head``.
+
+    The model sets ``num_classes``, ``num_features``, ``head``, ``head_drop`` and ``grad_checkpointing`` and implements
+    ``forward_features`` returning (B, C, T', H', W') features; families with other features override
+    :meth:`forward_head`.
+    """
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.flatten(2).mean(-1)  # global average over T'H'W' -> (B, C')
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -34,7 +34,17 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as torch_checkpoint
 
 from .checkpoints import CheckpointError
-from .layers import DropPath, Mlp, PatchEmbed3d, as_video, attention, drop_path_rates, to_3tuple, trunc_normal_init
+from .layers import (
+    BackboneMixin,
+    DropPath,
+    Mlp,
+    PatchEmbed3d,
+    as_video,
+    attention,
+    drop_path_rates,
+    to_3tuple,
+    trunc_normal_init,
+)
 from .registry import build_variant, register_model
 
 __all__ = ["MViT", "MViTCfg", "BlockCfg", "block_cfgs", "MultiScaleAttention", "MultiScaleBlock"]
@@ -467,7 +477,7 @@ class MultiScaleBlock(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class MViT(nn.Module):
+class MViT(BackboneMixin, nn.Module):
     """MViT v1 / v2 video classifier (class-token head).
 
     Architecture arguments mirror :class:`MViTCfg` (see there); the rest:
@@ -619,15 +629,8 @@ class MViT(nn.Module):
         """Regexes grouping parameters for layer-wise learning-rate decay (stem, then one group per block)."""
         return {"stem": r"^cls_token|^pos_embed|^patch_embed", "blocks": r"^blocks\.(\d+)"}
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
     def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        super().reset_classifier(num_classes)
         if num_classes > 0:
             trunc_normal_init(self.head)
 
@@ -663,9 +666,6 @@ class MViT(nn.Module):
         x = x[:, 0] if self.global_pool == "token" else x[:, 1:].mean(1)  # (B, C)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as torch_checkpoint
 
-from .layers import DropPath, Mlp, as_video, attention, drop_path_rates, to_3tuple, trunc_normal_init
+from .layers import BackboneMixin, DropPath, Mlp, as_video, attention, drop_path_rates, to_3tuple, trunc_normal_init
 from .registry import build_variant, register_model
 
 __all__ = [
@@ -330,7 +330,7 @@ def _per_stage(value: int | Sequence, name: str) -> list:
     return values
 
 
-class Twins(nn.Module):
+class Twins(BackboneMixin, nn.Module):
     """Spatiotemporal Twins-PCPVT (``window_sizes=None``) or Twins-SVT (LSA windows per stage) with a linear head.
 
     Args:
@@ -468,16 +468,6 @@ class Twins(nn.Module):
         """Names (beyond 1-D tensors) excluded from weight decay: the PEG convs."""
         return {n for n, _ in self.named_parameters() if n.startswith("pos_block.")}
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) or (B, C, H, W) -> normalised features (B, C', T', H/32, W/32)."""
         x = as_video(x)
@@ -502,14 +492,6 @@ class Twins(nn.Module):
                 x = x.transpose(1, 2).reshape(B, -1, *size)  # (B, N, C) -> (B, C, T, H, W)
         x = self.norm(x)
         return x.transpose(1, 2).reshape(B, -1, *size)  # (B, N, C) -> (B, C, T, H, W)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.flatten(2).mean(-1)  # global average over T'H'W' -> (B, C')
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 _TIMM_PEG = re.compile(r"^pos_block\.(\d+)\.proj\.0\.")

@@ -16,7 +16,17 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as torch_checkpoint
 
-from .layers import Attention, ConvMlp3d, DropPath, Mlp, PatchEmbed3d, as_video, drop_path_rates, trunc_normal_init
+from .layers import (
+    Attention,
+    BackboneMixin,
+    ConvMlp3d,
+    DropPath,
+    Mlp,
+    PatchEmbed3d,
+    as_video,
+    drop_path_rates,
+    trunc_normal_init,
+)
 from .registry import build_variant, register_model
 
 __all__ = ["UniFormer", "LocalBlock", "GlobalBlock"]
@@ -73,7 +83,7 @@ class GlobalBlock(nn.Module):
         return x.transpose(1, 2).reshape(B, C, T, H, W)
 
 
-class UniFormer(nn.Module):
+class UniFormer(BackboneMixin, nn.Module):
     """UniFormer video backbone with a linear classifier.
 
     Args:
@@ -179,16 +189,6 @@ class UniFormer(nn.Module):
         """Names (beyond 1-D tensors) excluded from weight decay: the dynamic position embeddings."""
         return {n for n, _ in self.named_parameters() if ".pos_embed." in n}
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def _run(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
         for blk in blocks:
             if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
@@ -208,14 +208,6 @@ class UniFormer(nn.Module):
         x = self._run(self.blocks3, self.patch_embed3(x))
         x = self._run(self.blocks4, self.patch_embed4(x))
         return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.flatten(2).mean(-1)  # global average over T'H'W' -> (B, C')
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: UniFormer) -> tuple[dict, str]:

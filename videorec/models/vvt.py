@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as torch_checkpoint
 
-from .layers import DropPath, PatchEmbed3d, as_video, drop_path_rates, trunc_normal_init
+from .layers import BackboneMixin, DropPath, PatchEmbed3d, as_video, drop_path_rates, trunc_normal_init
 from .registry import build_variant, register_model
 
 __all__ = ["VicinityVisionTransformer", "VicinityAttention", "FeaturePreserving", "DWConvMlp", "Block"]
@@ -270,7 +270,7 @@ class Stage(nn.Module):
         return x.transpose(1, 2).reshape(B, C, T, H, W)
 
 
-class VicinityVisionTransformer(nn.Module):
+class VicinityVisionTransformer(BackboneMixin, nn.Module):
     """Vicinity ViT backbone with a linear classifier, for (B, C, T, H, W) video or (B, C, H, W) images.
 
     Args:
@@ -372,27 +372,12 @@ class VicinityVisionTransformer(nn.Module):
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) or (B, C, H, W) -> (B, C', T', H/32, W/32) (sizes rounded up)."""
         x = as_video(x)
         for stage in self.stages:
             x = stage(x)
         return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.flatten(2).mean(-1)  # global average over T'H'W' -> (B, C')
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VicinityVisionTransformer) -> tuple[dict, str]:

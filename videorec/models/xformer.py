@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as torch_checkpoint
 
-from .layers import DropPath, Mlp, as_video, drop_path_rates, trunc_normal_init
+from .layers import BackboneMixin, DropPath, Mlp, as_video, drop_path_rates, trunc_normal_init
 from .registry import build_variant, register_model
 
 __all__ = ["XFormer", "CrossFeatureAttention", "XFBlock", "XFStage", "MV3Block", "SqueezeExcite"]
@@ -256,7 +256,7 @@ class XFStage(nn.Module):
         return self.fusion(torch.cat([shortcut, y], dim=1))
 
 
-class XFormer(nn.Module):
+class XFormer(BackboneMixin, nn.Module):
     """XFormer backbone with a linear classifier, for (B, C, T, H, W) video or (B, C, H, W) images.
 
     Args:
@@ -361,27 +361,12 @@ class XFormer(nn.Module):
             if isinstance(m, XFStage):
                 m.grad_checkpointing = enable
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) or (B, C, H, W) -> (B, 640, T', H/32, W/32) (sizes rounded up)."""
         x = self.stem(as_video(x))
         for stage in self.stages:
             x = stage(x)
         return self.conv_head(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.flatten(2).mean(-1)  # global average over T'H'W' -> (B, C')
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: XFormer) -> tuple[dict, str]:
