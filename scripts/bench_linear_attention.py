@@ -5,13 +5,14 @@ Usage::
     python scripts/bench_linear_attention.py                     # CPU, N = 1024 .. 65536
     python scripts/bench_linear_attention.py --tokens 4096 16384 --dim 128 --device cuda
 
-Peak memory on CPU is measured by :class:`PeakMemoryMeter`, a ``TorchDispatchMode`` that follows every tensor storage
-created by an aten op during the forward pass (by reference counting the tensors that share it) and records the
-peak of the bytes alive at once, plus the largest intermediate tensor. It counts what the operators allocate, not
-the allocator's slack, so the numbers are deterministic. On CUDA, ``torch.cuda.max_memory_allocated`` is used
-instead. Softmax attention runs through the shared core (``videorec.models.layers.Attention``): ``softmax-ref`` is
-its explicit reference path (which builds the N x N map, limited to ``--max-ref-tokens``), ``softmax-fused`` is
-``F.scaled_dot_product_attention`` (whose kernels may tile the map internally, invisible to the meter on CPU).
+Peak memory on CPU is measured by ``videorec.utils.profile.PeakMemoryMeter``, a ``TorchDispatchMode`` that follows
+every tensor storage created by an aten op during the forward pass (by reference counting the tensors that share it)
+and records the peak of the bytes alive at once, plus the largest intermediate tensor. It counts what the operators
+allocate, not the allocator's slack, so the numbers are deterministic. On CUDA, ``torch.cuda.max_memory_allocated``
+is used instead. Softmax attention runs through the shared core (``videorec.models.layers.Attention``):
+``softmax-ref`` is its explicit reference path (which builds the N x N map, limited to ``--max-ref-tokens``),
+``softmax-fused`` is ``F.scaled_dot_product_attention`` (whose kernels may tile the map internally, invisible to the
+meter on CPU).
 """
 
 from __future__ import annotations
@@ -20,84 +21,17 @@ import argparse
 import functools
 import statistics
 import time
-import weakref
 from collections.abc import Callable
 
 import torch
 import torch.nn as nn
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from videorec.models.layers import Attention
 from videorec.models.vvt import VicinityAttention
 from videorec.models.xformer import CrossFeatureAttention
+from videorec.utils.profile import PeakMemoryMeter, measure_peak
 
 __all__ = ["PeakMemoryMeter", "measure_peak", "build_modules", "main"]
-
-
-class PeakMemoryMeter(TorchDispatchMode):
-    """Peak bytes of the tensor storages created by aten ops while the mode is active.
-
-    Storages of tensors passed to :meth:`ignore` (inputs, parameters) are not counted. ``max_numel`` and
-    ``max_shape`` give the largest intermediate tensor; ``shapes`` lists every output shape in op order.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live: dict[int, list[int]] = {}  # storage pointer -> [nbytes, tensors referencing it]
-        self.external: set[int] = set()
-        self.current = 0
-        self.peak = 0
-        self.max_numel = 0
-        self.max_shape: tuple[int, ...] = ()
-        self.shapes: list[tuple[int, ...]] = []
-
-    def ignore(self, *tensors: torch.Tensor) -> PeakMemoryMeter:
-        for t in tensors:
-            self.external.add(t.untyped_storage().data_ptr())
-        return self
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self._track(t)
-        return out
-
-    def _track(self, t: torch.Tensor) -> None:
-        self.shapes.append(tuple(t.shape))
-        if t.numel() > self.max_numel:
-            self.max_numel, self.max_shape = t.numel(), tuple(t.shape)
-        storage = t.untyped_storage()
-        ptr, nbytes = storage.data_ptr(), storage.nbytes()
-        if nbytes == 0 or ptr in self.external:
-            return
-        entry = self.live.get(ptr)
-        if entry is None:
-            entry = self.live[ptr] = [nbytes, 0]
-            self.current += nbytes
-            self.peak = max(self.peak, self.current)
-        entry[1] += 1
-        weakref.finalize(t, self._release, ptr)
-
-    def _release(self, ptr: int) -> None:
-        entry = self.live.get(ptr)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] == 0:
-            del self.live[ptr]
-            self.current -= entry[0]
-
-
-@torch.no_grad()
-def measure_peak(fn: Callable[[], torch.Tensor], *ignore: torch.Tensor) -> PeakMemoryMeter:
-    """Run ``fn()`` under a :class:`PeakMemoryMeter` (inputs and parameters in ``ignore`` are not counted)."""
-    meter = PeakMemoryMeter().ignore(*ignore)
-    with meter:
-        out = fn()
-    del out
-    return meter
 
 
 def _grid(n: int) -> tuple[int, int, int]:

@@ -1,13 +1,10 @@
 """The VVT and XFA attentions are linear in the number of tokens: memory grows ~4x from N to 4N, never N x N.
 
-Peak memory is measured on CPU with the dispatch-mode meter of ``scripts/bench_linear_attention.py``, which sums the
+Peak memory is measured on CPU with ``videorec.utils.profile.PeakMemoryMeter`` (a dispatch mode), which sums the
 storages alive at once among the tensors the aten ops create (deterministic: independent of the allocator). The
 shared softmax attention's reference path is measured with the same meter as a control: it must look quadratic, which
 shows the meter can tell the two apart.
 """
-
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,18 +12,7 @@ import torch
 from videorec.models.layers import Attention, attention
 from videorec.models.vvt import VicinityAttention
 from videorec.models.xformer import CrossFeatureAttention
-
-_BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench_linear_attention.py"
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_linear_attention", _BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+from videorec.utils.profile import PeakMemoryMeter, measure_peak
 
 DIM = 32
 N_SMALL = 1024  # grid (4, 16, 16)
@@ -63,7 +49,7 @@ def _softmax_reference():
 def _peak(module, call, n):
     torch.manual_seed(0)
     x = torch.randn(1, n, DIM)
-    return bench.measure_peak(lambda: call(x), x, *module.parameters())
+    return measure_peak(lambda: call(x), x, *module.parameters())
 
 
 CASES = {
@@ -104,7 +90,7 @@ def test_meter_sees_the_quadratic_softmax_reference():
 
 
 def test_meter_counts_storage_once_and_frees():
-    meter = bench.PeakMemoryMeter()
+    meter = PeakMemoryMeter()
     with meter:
         a = torch.ones(1000)  # 4000 bytes
         b = a.view(10, 100)  # a view: no new storage

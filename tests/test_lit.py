@@ -127,3 +127,15 @@ def test_soft_targets_from_mixup_are_used_for_the_loss():
 def test_class_names_must_match_num_classes():
     with pytest.raises(ValueError, match="class_names"):
         _module(class_names=["a"])
+
+
+def test_model_summary_reports_sizes_and_flops_of_the_training_clip():
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    module = _module(data_config={"num_frames": 4, "crop_size": 32})
+    assert tuple(module.example_input_array.shape) == (1, 3, 4, 32, 32)
+    summary = ModelSummary(module, max_depth=1)
+    assert summary.total_flops > 0
+    assert summary.out_sizes[summary.layer_names.index("backbone")] == [1, 4]
+    # without a data configuration, the backbone's own input size
+    assert tuple(_module().example_input_array.shape) == (1, 3, 8, 64, 64)

@@ -81,8 +81,18 @@ class VideoClassifier(L.LightningModule):
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
         self.val_acc1_best = MaxMetric()
+        # one clip of the training input size: Lightning's model summary reports per-layer sizes and FLOPs with it
+        self.example_input_array = torch.zeros(1, 3, *self._input_size())
         self._test_views: list[dict[str, torch.Tensor]] = []
         self.video_results: dict[str, Any] = {}
+
+    def _input_size(self) -> tuple[int, int, int]:
+        """(T, H, W) of a training clip: from the data configuration when known, else the backbone's own."""
+        data = self.hparams.data_config or {}
+        frames = data.get("num_frames") or getattr(self.backbone, "num_frames", 8)
+        size = data.get("crop_size") or getattr(self.backbone, "img_size", 224)
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return int(frames), int(h), int(w)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):  # type: ignore[override]

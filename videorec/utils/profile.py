@@ -1,12 +1,18 @@
-"""Parameter and FLOP counting with the conventions of REFERENCES.md (one multiply-add = one FLOP)."""
+"""Parameter and FLOP counting with the conventions of REFERENCES.md (one multiply-add = one FLOP), and a
+deterministic peak-memory meter for CPU forward passes."""
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_params", "count_gflops"]
+__all__ = ["count_params", "count_gflops", "PeakMemoryMeter", "measure_peak"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -26,3 +32,68 @@ def count_gflops(model: nn.Module, *inputs: torch.Tensor) -> float:
         model(*inputs)
     model.train(was_training)
     return counter.get_total_flops() / 2 / 1e9
+
+
+class PeakMemoryMeter(TorchDispatchMode):
+    """Peak bytes of the tensor storages created by aten ops while the mode is active.
+
+    Storages of tensors passed to :meth:`ignore` (inputs, parameters) are not counted. ``max_numel`` and
+    ``max_shape`` give the largest intermediate tensor; ``shapes`` lists every output shape in op order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, list[int]] = {}  # storage pointer -> [nbytes, tensors referencing it]
+        self.external: set[int] = set()
+        self.current = 0
+        self.peak = 0
+        self.max_numel = 0
+        self.max_shape: tuple[int, ...] = ()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def ignore(self, *tensors: torch.Tensor) -> PeakMemoryMeter:
+        for t in tensors:
+            self.external.add(t.untyped_storage().data_ptr())
+        return self
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._track(t)
+        return out
+
+    def _track(self, t: torch.Tensor) -> None:
+        self.shapes.append(tuple(t.shape))
+        if t.numel() > self.max_numel:
+            self.max_numel, self.max_shape = t.numel(), tuple(t.shape)
+        storage = t.untyped_storage()
+        ptr, nbytes = storage.data_ptr(), storage.nbytes()
+        if nbytes == 0 or ptr in self.external:
+            return
+        entry = self.live.get(ptr)
+        if entry is None:
+            entry = self.live[ptr] = [nbytes, 0]
+            self.current += nbytes
+            self.peak = max(self.peak, self.current)
+        entry[1] += 1
+        weakref.finalize(t, self._release, ptr)
+
+    def _release(self, ptr: int) -> None:
+        entry = self.live.get(ptr)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self.live[ptr]
+            self.current -= entry[0]
+
+
+@torch.no_grad()
+def measure_peak(fn: Callable[[], torch.Tensor], *ignore: torch.Tensor) -> PeakMemoryMeter:
+    """Run ``fn()`` under a :class:`PeakMemoryMeter` (inputs and parameters in ``ignore`` are not counted)."""
+    meter = PeakMemoryMeter().ignore(*ignore)
+    with meter:
+        out = fn()
+    del out
+    return meter
