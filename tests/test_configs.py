@@ -105,3 +105,28 @@ def test_unknown_model_group_option_lists_known_models(compose, tmp_path):
     with pytest.raises(MissingConfigException) as e:
         compose("train", ["model=not_a_model"], tmp_path)
     assert "uniformer_tiny" in str(e.value)
+
+
+@pytest.mark.parametrize("option", _options("recipe"))
+def test_recipe_group_names_a_data_and_model_pair(compose, tmp_path, option):
+    data = next((d for d in _options("data") if option.startswith(f"{d}_")), None)
+    assert data is not None, f"recipe/{option}.yaml: no data option is a prefix of its name"
+    model = option[len(data) + 1 :]
+    assert model in _options("model"), f"recipe/{option}.yaml: {model} is not a model option"
+    recipe = OmegaConf.load(CONF / "recipe" / f"{option}.yaml")
+    cfg = compose("train", [f"data={data}", f"model={model}", f"data.root={tmp_path}"], tmp_path)
+    # the recipe is applied when the pair is chosen
+    assert OmegaConf.to_container(cfg.module)["lr"] == recipe.module.lr
+    if "trainer" in recipe:
+        assert cfg.trainer.max_epochs == recipe.trainer.max_epochs
+
+
+def test_recipe_follows_the_model_choice_and_yields_to_overrides(compose, tmp_path):
+    base = compose("train", ["model=twins_svt_s"], tmp_path)  # no recipe for this pair: train.yaml's values
+    demo = compose("train", ["experiment=demo"], tmp_path)
+    assert demo.module.lr == OmegaConf.load(CONF / "recipe" / "synthetic_uniformer_tiny.yaml").module.lr
+    assert demo.module.lr != base.module.lr
+    mvit = compose("train", ["experiment=demo", "model=mvit_tiny"], tmp_path)  # the demo with another model
+    assert mvit.module.lr == OmegaConf.load(CONF / "recipe" / "synthetic_mvit_tiny.yaml").module.lr
+    pinned = compose("train", ["model=mvit_tiny", "module.lr=0.123", "trainer.max_epochs=2"], tmp_path)
+    assert pinned.module.lr == 0.123 and pinned.trainer.max_epochs == 2

@@ -8,12 +8,14 @@ import torch
 from video_factory import (
     decoded_frame_index,
     frame_id_frames,
+    moving_square_frames,
     write_text_as_video,
     write_truncated,
     write_video,
     write_zero_bytes,
 )
 
+from videorec.data import decoding
 from videorec.data.decoding import VideoDecodeError, check_decoder, read_frames
 
 
@@ -47,6 +49,8 @@ def videos(tmp_path_factory):
         "vfr": write_video(root / "vfr.mp4", frames, frame_times=vfr_times),
         "odd": write_video(root / "odd.mp4", frame_id_frames(NUM, 27, 35)),
         "rotated": write_video(root / "rotated.mp4", band, rotation=90),
+        "h264_gop": write_video(root / "gop.mp4", frames, gop=5),  # keyframes at 0, 5, 10, ...: seeks happen
+        "vp9_gop": write_video(root / "gop.webm", frames, codec="vp9", gop=5),
     }
     files["truncated"] = write_truncated(root / "truncated.mp4", files["h264"])
     files["zero"] = write_zero_bytes(root / "zero.mp4")
@@ -56,7 +60,7 @@ def videos(tmp_path_factory):
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
-@pytest.mark.parametrize("kind", ["h264", "vp9", "audio_mp4", "audio_webm", "vfr", "odd"])
+@pytest.mark.parametrize("kind", ["h264", "vp9", "audio_mp4", "audio_webm", "vfr", "odd", "h264_gop", "vp9_gop"])
 def test_decodes_exactly_the_requested_frames(videos, kind, decoder):
     wanted = np.array([3, 0, 7, 7, 23, 12])  # unsorted, repeated, last frame
     seen = []
@@ -66,6 +70,32 @@ def test_decodes_exactly_the_requested_frames(videos, kind, decoder):
     assert [decoded_frame_index(f.numpy()) for f in frames] == wanted.tolist()
     if kind == "odd":
         assert tuple(frames.shape[1:3]) == (27, 35)
+
+
+@pytest.mark.parametrize("codec", ["h264", "vp9"])
+@pytest.mark.parametrize("threads", [1, 0])
+def test_pyav_seeks_to_the_keyframe_and_matches_decoding_from_the_start(tmp_path, monkeypatch, codec, threads):
+    # a textured moving square (B-frames and inter prediction at work), keyframes every 8 frames
+    path = write_video(
+        tmp_path / f"square.{'mp4' if codec == 'h264' else 'webm'}", moving_square_frames(40), codec=codec, gop=8
+    )
+    cases = [np.array([37, 21, 22, 22, 39]), np.arange(9, 40, 3), np.array([0, 1]), np.array([15])]
+    expected = []
+    for wanted in cases:
+        indices, frames = decoding._read_pyav_sequential(str(path), lambda n, w=wanted: w, threads)
+        expected.append(np.stack([frames[i] for i in indices.tolist()]))
+
+    def from_the_start(*args):
+        raise AssertionError("decoded from the start instead of seeking")
+
+    monkeypatch.setattr(decoding, "_read_pyav_sequential", from_the_start)
+    for wanted, reference in zip(cases, expected, strict=True):
+        seen = []
+        got = read_frames(
+            path, lambda n, w=wanted, s=seen: s.append(n) or w, decoder="pyav", fallback=None, threads=threads
+        )
+        assert seen == [40]
+        assert np.array_equal(got.numpy(), reference), wanted
 
 
 @pytest.mark.parametrize("decoder", DECODERS)

@@ -47,6 +47,7 @@ def write_video(
     audio: bool = False,
     rotation: int = 0,
     frame_times: Sequence[float] | None = None,
+    gop: int | None = None,
 ) -> Path:
     """Encode `frames` into a real video file.
 
@@ -60,6 +61,7 @@ def write_video(
         rotation: display-matrix rotation in degrees counter-clockwise (0, 90, 180, 270); the stored frames are
             `frames` rotated back, so a decoder that honours the flag returns `frames`.
         frame_times: per-frame presentation times in seconds for a variable-frame-rate file.
+        gop: keyframe interval (the encoder's default when None).
 
     Returns:
         The path written.
@@ -81,6 +83,8 @@ def write_video(
             stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
         elif codec == "vp9":
             stream.options = {"crf": str(crf), "b": "0", "deadline": "realtime", "cpu-used": "8", "threads": "1"}
+        if gop is not None:
+            stream.options = {**stream.options, "g": str(gop)}
         time_base = Fraction(1, 1000) if frame_times is not None else 1 / rate
         stream.time_base = time_base
         stream.codec_context.time_base = time_base

@@ -71,13 +71,74 @@ def _count_packets(path: str) -> int:
         return sum(1 for packet in container.demux(video=0) if packet.size)
 
 
+def _pyav_frame_array(frame) -> np.ndarray:
+    array = frame.to_ndarray(format="rgb24")
+    rotation = getattr(frame, "rotation", 0) or 0
+    if rotation % 360:
+        array = np.rot90(array, k=rotation // 90)
+    return np.ascontiguousarray(array)
+
+
+def _pyav_configure(stream, threads: int) -> None:
+    stream.thread_type = "SLICE" if threads == 1 else "AUTO"  # AUTO: frame and slice threads
+    stream.codec_context.thread_count = threads
+
+
+def _read_pyav_seek(container, stream, choose: IndexFn) -> tuple[np.ndarray | None, dict[int, np.ndarray] | None]:
+    """Seek to the keyframe before the first wanted frame and decode from there, skipping the non-reference frames
+    that are not wanted (no other frame depends on them, so nothing else changes).
+
+    Frame ``i`` is the packet with the ``i``-th smallest presentation timestamp, read from the packet index (demuxing
+    without decoding). Returns ``(indices, frames)``; ``frames`` is None when the stream does not allow it (packets
+    without timestamps, or a seek that missed), and the caller decodes from the start instead.
+    """
+    pts = sorted(packet.pts for packet in container.demux(stream) if packet.size and packet.pts is not None)
+    if not pts:
+        return None, None
+    indices = choose(len(pts))
+    index_of = {p: i for i, p in enumerate(pts)}
+    wanted = {pts[i] for i in np.unique(indices).tolist()}
+    container.seek(min(wanted), stream=stream, backward=True, any_frame=False)
+    codec = stream.codec_context
+    decoded: dict[int, np.ndarray] = {}
+    for packet in container.demux(stream):
+        codec.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in wanted else "NONREF"
+        for frame in codec.decode(packet):
+            if frame.pts in wanted:
+                decoded[index_of[frame.pts]] = _pyav_frame_array(frame)
+        if len(decoded) == len(wanted):
+            break
+    codec.skip_frame = "DEFAULT"
+    if len(decoded) < len(wanted):  # the seek landed after a wanted frame, or timestamps did not match
+        return indices, None
+    return indices, decoded
+
+
 def _read_pyav(path: str, choose: IndexFn, threads: int) -> torch.Tensor:
     import av
 
     with av.open(path) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "SLICE" if threads == 1 else "AUTO"  # AUTO: frame and slice threads
-        stream.codec_context.thread_count = threads
+        _pyav_configure(stream, threads)
+        indices, decoded = _read_pyav_seek(container, stream, choose)
+    if decoded is None:
+        # `choose` may draw at random: ask it once, and keep its answer when the packet index gave the frame count
+        indices, decoded = _read_pyav_sequential(path, choose if indices is None else lambda n: indices, threads)
+    if not decoded:
+        raise VideoDecodeError(f"{path}: no frame could be decoded")
+    available = np.array(sorted(decoded))
+    # A header that promised more frames than the stream holds: clamp to the last frame decoded.
+    nearest = available[np.clip(np.searchsorted(available, indices), 0, len(available) - 1)]
+    return torch.from_numpy(np.stack([decoded[i] for i in nearest.tolist()]))
+
+
+def _read_pyav_sequential(path: str, choose: IndexFn, threads: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Decode from the first frame, counting frames, until the last wanted one (any container, any timestamps)."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        _pyav_configure(stream, threads)
         num_video_frames = stream.frames or _count_packets(path)  # webm headers carry no frame count
         if num_video_frames <= 0:
             raise VideoDecodeError(f"{path}: no video frames")
@@ -87,19 +148,10 @@ def _read_pyav(path: str, choose: IndexFn, threads: int) -> torch.Tensor:
         decoded: dict[int, np.ndarray] = {}
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
-                array = frame.to_ndarray(format="rgb24")
-                rotation = getattr(frame, "rotation", 0) or 0
-                if rotation % 360:
-                    array = np.rot90(array, k=rotation // 90)
-                decoded[i] = np.ascontiguousarray(array)
+                decoded[i] = _pyav_frame_array(frame)
             if i >= last:
                 break
-    if not decoded:
-        raise VideoDecodeError(f"{path}: no frame could be decoded")
-    available = np.array(sorted(decoded))
-    # A header that promised more frames than the stream holds: clamp to the last frame decoded.
-    nearest = available[np.clip(np.searchsorted(available, indices), 0, len(available) - 1)]
-    return torch.from_numpy(np.stack([decoded[i] for i in nearest.tolist()]))
+    return indices, decoded
 
 
 def _read_torchcodec(path: str, choose: IndexFn, threads: int) -> torch.Tensor:
