@@ -21,6 +21,12 @@ Examples::
 
     python scripts/bench_models.py --models mvit_b --batch 2 --frames 8 --size 112
     python scripts/bench_models.py --models "mvit*,uniformer_s" --device cuda --dtype bf16 --json out.json
+    python scripts/bench_models.py --models "vvt_tiny,xformer_tiny,uniformer_tiny" --scaling 64,128,256
+
+``--scaling`` measures how time grows with the number of tokens instead: each model runs at every listed image side
+(tokens grow with the square of the side), and the table gives the forward and forward+backward times, their growth
+over the smallest side, and the exponent ``log(time growth) / log(token growth)``: about 1 for a model whose cost is
+linear in tokens, towards 2 where an N x N attention dominates.
 """
 
 from __future__ import annotations
@@ -249,6 +255,55 @@ def bench_group(
     return results
 
 
+def bench_scaling(
+    names: list[str], sizes: list[int], frames: int, batch: int, device: torch.device, dtype: torch.dtype, args
+) -> list[dict]:
+    """Time every model at every image side; rounds are interleaved over the sides."""
+    import math
+
+    rows: list[dict] = []
+    for name in names:
+        models, inputs = {}, {}
+        for size in sizes:
+            try:
+                models[size] = create_model(name, num_classes=args.num_classes, num_frames=frames, img_size=size)
+            except (ValueError, TypeError) as e:
+                print(f"{name} at {size}: skipped ({e})")
+                continue
+            models[size] = models[size].to(device)
+            inputs[size] = torch.randn(batch, 3, frames, size, size, device=device)
+        if len(models) < 2:
+            continue
+        for _ in range(args.warmup):
+            for size, model in models.items():
+                _forward(model, inputs[size], dtype)
+                _forward_backward(model, inputs[size], dtype)
+        fwd: dict[int, list[float]] = {k: [] for k in models}
+        fwb: dict[int, list[float]] = {k: [] for k in models}
+        for _ in range(args.iters):
+            for size, model in models.items():
+                fwd[size].append(_forward(model, inputs[size], dtype))
+                fwb[size].append(_forward_backward(model, inputs[size], dtype))
+        base = min(models)
+        print(f"\n{name}  ({frames} frames, batch {batch}; exponent 1: linear in tokens, 2: quadratic)")
+        header = f"{'fwd ms':>10}{'growth':>8}{'exp':>6}  {'fwd+bwd ms':>10}{'growth':>8}{'exp':>6}"
+        print(f"  {'side':>6}{'tokens x':>10}{header}")
+        for size in models:
+            tokens = (size / base) ** 2
+            row = {"model": name, "size": size, "token_growth": tokens}
+            cells = []
+            for key, times in (("fwd", fwd), ("fwd_bwd", fwb)):
+                ms = 1e3 * statistics.median(times[size])
+                growth = ms / (1e3 * statistics.median(times[base]))
+                exponent = math.log(growth) / math.log(tokens) if tokens > 1 else float("nan")
+                row |= {f"{key}_ms": ms, f"{key}_growth": growth, f"{key}_exponent": exponent}
+                cells.append(f"{ms:>10.1f}{growth:>8.2f}{exponent:>6.2f}" if tokens > 1 else f"{ms:>10.1f}{'':>14}")
+            print(f"  {size:>6}{tokens:>10.0f}{cells[0]}  {cells[1]}")
+            rows.append(row)
+        del models, inputs
+    return rows
+
+
 def _select(patterns: list[str]) -> list[str]:
     names: list[str] = []
     for pattern in patterns:
@@ -274,6 +329,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--no-reference", action="store_true", help="skip the reference implementations")
     parser.add_argument("--references", default="*", help="glob on reference labels, e.g. 'torchvision*'")
     parser.add_argument("--json", type=Path, default=None, help="write all results to this file")
+    parser.add_argument("--scaling", default=None, help="image sides, e.g. 64,128,256: time growth with tokens instead")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -282,11 +338,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(args.device)
     patterns = [p for item in args.models for p in item.split(",") if p]
     names = _select(patterns)
+    shape = f"{args.frames}x({args.scaling})^2" if args.scaling else f"{args.frames}x{args.size}x{args.size}"
     print(
-        f"device={device} dtype={args.dtype} batch={args.batch} input={args.frames}x{args.size}x{args.size} "
+        f"device={device} dtype={args.dtype} batch={args.batch} input={shape} "
         f"threads={torch.get_num_threads()} iters={args.iters} (times: median / min over interleaved rounds)"
     )
     torch.manual_seed(0)
+    if args.scaling:
+        sizes = sorted(int(v) for v in args.scaling.split(",") if v)
+        rows = bench_scaling(names, sizes, args.frames, args.batch, device, dtype, args)
+        if args.json:
+            config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+            args.json.write_text(json.dumps({"config": config, "results": rows}, indent=2))
+        return rows
     x = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=device)
     rows: list[dict] = []
     for name in names:

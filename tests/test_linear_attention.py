@@ -6,6 +6,8 @@ shared softmax attention's reference path is measured with the same meter as a c
 shows the meter can tell the two apart.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -101,3 +103,29 @@ def test_meter_counts_storage_once_and_frees():
     assert meter.peak == 6000
     assert meter.current == 3000
     del c, d
+
+
+def test_bench_models_scaling_mode_reports_growth_per_token_count(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_models.py"
+    spec = importlib.util.spec_from_file_location("bench_models_scaling", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "scaling.json"
+    rows = bench.main(
+        ["--models", "vvt_tiny,xformer_tiny", "--scaling", "64,32", "--frames", "4", "--batch", "1", "--iters", "1",
+         "--warmup", "0", "--json", str(out)]
+    )  # fmt: skip
+    assert [(r["model"], r["size"]) for r in rows] == [("vvt_tiny", 32), ("vvt_tiny", 64)] + [
+        ("xformer_tiny", 32),
+        ("xformer_tiny", 64),
+    ]
+    big = rows[1]
+    assert big["token_growth"] == 4.0 and big["fwd_ms"] > 0 and big["fwd_bwd_growth"] > 0
+    # the exponent is log(time growth) / log(token growth)
+    assert abs(big["fwd_exponent"] - math.log(big["fwd_growth"]) / math.log(4.0)) < 1e-9
+    assert json.loads(out.read_text())["results"][3]["size"] == 64
+    assert "exponent 1: linear in tokens" in capsys.readouterr().out
