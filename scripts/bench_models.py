@@ -36,6 +36,7 @@ import contextlib
 import copy
 import fnmatch
 import json
+import math
 import statistics
 import sys
 import time
@@ -215,6 +216,25 @@ def gflops_per_clip(model: nn.Module, num_frames: int, img_size: int, in_chans: 
     return count_gflops(meta, torch.empty(1, in_chans, num_frames, img_size, img_size, device="meta"))
 
 
+def time_interleaved(
+    runs: dict, dtype: torch.dtype, iters: int, warmup: int
+) -> tuple[dict[object, list[float]], dict[object, list[float]]]:
+    """Forward and forward+backward seconds of every ``{key: (model, input)}``, rounds interleaved across the keys
+    (so load from other processes hits them alike), after ``warmup`` untimed rounds."""
+    for _ in range(warmup):
+        for model, x in runs.values():
+            _forward(model, x, dtype)
+            _forward_backward(model, x, dtype)
+    fwd: dict[object, list[float]] = {k: [] for k in runs}
+    fwb: dict[object, list[float]] = {k: [] for k in runs}
+    for _ in range(iters):
+        for key, (model, x) in runs.items():
+            fwd[key].append(_forward(model, x, dtype))
+        for key, (model, x) in runs.items():
+            fwb[key].append(_forward_backward(model, x, dtype))
+    return fwd, fwb
+
+
 def bench_group(
     models: dict[str, nn.Module],
     x: torch.Tensor,
@@ -233,17 +253,7 @@ def bench_group(
         except Exception as e:  # a reference that cannot run on the meta device
             print(f"  [{label}] GFLOPs on meta failed ({type(e).__name__}: {e}); counting on the real device")
             results[label]["gflops"] = count_gflops(model, x[:1])
-    for _ in range(warmup):
-        for model in models.values():
-            _forward(model, x, dtype)
-            _forward_backward(model, x, dtype)
-    fwd: dict[str, list[float]] = {k: [] for k in models}
-    fwb: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(iters):
-        for label, model in models.items():
-            fwd[label].append(_forward(model, x, dtype))
-        for label, model in models.items():
-            fwb[label].append(_forward_backward(model, x, dtype))
+    fwd, fwb = time_interleaved({label: (model, x) for label, model in models.items()}, dtype, iters, warmup)
     for label, model in models.items():
         r = results[label]
         r["fwd_ms"] = 1e3 * statistics.median(fwd[label])
@@ -255,40 +265,28 @@ def bench_group(
     return results
 
 
-def bench_scaling(
-    names: list[str], sizes: list[int], frames: int, batch: int, device: torch.device, dtype: torch.dtype, args
-) -> list[dict]:
-    """Time every model at every image side; rounds are interleaved over the sides."""
-    import math
-
+def bench_scaling(names: list[str], sizes: list[int], args, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """Time every model at every image side (``args.frames`` frames, batch ``args.batch``); rounds are interleaved
+    over the sides."""
+    frames, batch = args.frames, args.batch
     rows: list[dict] = []
     for name in names:
-        models, inputs = {}, {}
+        runs = {}
         for size in sizes:
             try:
-                models[size] = create_model(name, num_classes=args.num_classes, num_frames=frames, img_size=size)
+                model = create_model(name, num_classes=args.num_classes, num_frames=frames, img_size=size)
             except (ValueError, TypeError) as e:
                 print(f"{name} at {size}: skipped ({e})")
                 continue
-            models[size] = models[size].to(device)
-            inputs[size] = torch.randn(batch, 3, frames, size, size, device=device)
-        if len(models) < 2:
+            runs[size] = (model.to(device), torch.randn(batch, 3, frames, size, size, device=device))
+        if len(runs) < 2:
             continue
-        for _ in range(args.warmup):
-            for size, model in models.items():
-                _forward(model, inputs[size], dtype)
-                _forward_backward(model, inputs[size], dtype)
-        fwd: dict[int, list[float]] = {k: [] for k in models}
-        fwb: dict[int, list[float]] = {k: [] for k in models}
-        for _ in range(args.iters):
-            for size, model in models.items():
-                fwd[size].append(_forward(model, inputs[size], dtype))
-                fwb[size].append(_forward_backward(model, inputs[size], dtype))
-        base = min(models)
+        fwd, fwb = time_interleaved(runs, dtype, args.iters, args.warmup)
+        base = min(runs)
         print(f"\n{name}  ({frames} frames, batch {batch}; exponent 1: linear in tokens, 2: quadratic)")
         header = f"{'fwd ms':>10}{'growth':>8}{'exp':>6}  {'fwd+bwd ms':>10}{'growth':>8}{'exp':>6}"
         print(f"  {'side':>6}{'tokens x':>10}{header}")
-        for size in models:
+        for size in runs:
             tokens = (size / base) ** 2
             row = {"model": name, "size": size, "token_growth": tokens}
             cells = []
@@ -300,7 +298,7 @@ def bench_scaling(
                 cells.append(f"{ms:>10.1f}{growth:>8.2f}{exponent:>6.2f}" if tokens > 1 else f"{ms:>10.1f}{'':>14}")
             print(f"  {size:>6}{tokens:>10.0f}{cells[0]}  {cells[1]}")
             rows.append(row)
-        del models, inputs
+        del runs
     return rows
 
 
@@ -346,7 +344,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     torch.manual_seed(0)
     if args.scaling:
         sizes = sorted(int(v) for v in args.scaling.split(",") if v)
-        rows = bench_scaling(names, sizes, args.frames, args.batch, device, dtype, args)
+        rows = bench_scaling(names, sizes, args, device, dtype)
         if args.json:
             config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
             args.json.write_text(json.dumps({"config": config, "results": rows}, indent=2))

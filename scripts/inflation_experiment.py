@@ -50,7 +50,7 @@ def load_clips(root: Path, split: str, num_frames: int, rate: int) -> tuple[torc
     return x, torch.tensor(labels)
 
 
-def shape_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def quadrant_images(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` rendered images of the embedded dataset's world, labelled by the quadrant of the object's centre."""
     from videorec.data.synthetic import SIZE, _background, _object_alpha
 
@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     num_classes = int(y.max()) + 1
 
     # 1. 2D pre-training: where the object is, in rendered images of the same world
-    images, image_labels = shape_images(args.images, args.seed)
-    val_images, val_image_labels = shape_images(1000, args.seed + 1)
+    images, image_labels = quadrant_images(args.images, args.seed)
+    val_images, val_image_labels = quadrant_images(1000, args.seed + 1)
     image_model = timm_twins_like(args.model, 4)
     start = time.perf_counter()
     image_acc = fit(

@@ -108,7 +108,6 @@ def _read_pyav_seek(container, stream, choose: IndexFn) -> tuple[np.ndarray | No
                 decoded[index_of[frame.pts]] = _pyav_frame_array(frame)
         if len(decoded) == len(wanted):
             break
-    codec.skip_frame = "DEFAULT"
     if len(decoded) < len(wanted):  # the seek landed after a wanted frame, or timestamps did not match
         return indices, None
     return indices, decoded
