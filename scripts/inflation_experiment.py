@@ -11,7 +11,8 @@ fine-tuned on the clips. The same fine-tuning from random weights is the baselin
 the same order (no augmentation, clips decoded once into memory), so the rows differ only in the initialisation.
 The 2D accuracy is printed: the comparison only means something when the image model has learnt its task.
 
-    python scripts/inflation_experiment.py                              # twins_pcpvt_tiny, 6 epochs
+    python scripts/inflation_experiment.py                              # twins_pcpvt_tiny, 6 epochs, seed 0
+    python scripts/inflation_experiment.py --seeds 0,1,2,3,4            # repeated, with a summary over seeds
     python scripts/inflation_experiment.py --model twins_svt_tiny --epochs 4
 """
 
@@ -112,7 +113,71 @@ def fit(model, x, y, xv, yv, epochs: int, lr: float, batch: int, seed: int, labe
     return accs
 
 
-def main(argv: list[str] | None = None) -> dict[str, list[float]]:
+INITS = [("inflate=center", "center"), ("inflate=mean", "mean"), ("random init", None)]
+
+
+def run_seed(args, seed: int, clips: tuple, console: Console) -> tuple[dict[str, list[float]], float]:
+    """One repetition: 2D pre-training, then the three fine-tunings. Returns the per-epoch accuracies and 2D top-1."""
+    x, y, xv, yv = clips
+    torch.manual_seed(seed)
+    # 1. 2D pre-training: where the object is, in rendered images of the same world
+    images, image_labels = quadrant_images(args.images, seed)
+    val_images, val_image_labels = quadrant_images(1000, seed + 1)
+    image_model = timm_twins_like(args.model, 4)
+    start = time.perf_counter()
+    image_acc = fit(
+        image_model, images, image_labels, val_images, val_image_labels,
+        args.image_epochs, args.image_lr, 64, seed, f"seed {seed}: 2D pre-training",
+    )  # fmt: skip
+    console.print(
+        f"seed {seed}: 2D pre-training (timm Twins, quadrant of the object, 4 classes): top-1 {image_acc[-1]:.3f} "
+        f"after {args.image_epochs} epochs of {args.images} images, {time.perf_counter() - start:.0f} s"
+    )
+    results: dict[str, list[float]] = {}
+    times: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "twins_2d.pth"
+        torch.save(image_model.state_dict(), ckpt)
+        # 2. video fine-tuning: center, mean, and random initialisation
+        for label, inflate in INITS:
+            pretrained = ckpt if inflate else None
+            model = create_model(args.model, num_classes=int(y.max()) + 1, pretrained=pretrained, inflate=inflate)
+            start = time.perf_counter()
+            results[label] = fit(model, x, y, xv, yv, args.epochs, args.lr, args.batch, seed, f"seed {seed}: {label}")
+            times[label] = time.perf_counter() - start
+
+    table = Table(title=f"seed {seed}, {args.model}: validation top-1 per fine-tuning epoch (lr {args.lr})")
+    table.add_column("initialisation", no_wrap=True)
+    for epoch in range(args.epochs):
+        table.add_column(f"ep {epoch + 1}", justify="right")
+    table.add_column("best", justify="right")
+    table.add_column("time", justify="right")
+    for label, accs in results.items():
+        table.add_row(label, *(f"{a:.3f}" for a in accs), f"{max(accs):.3f}", f"{times[label]:.0f} s")
+    console.print(table)
+    return results, image_acc[-1]
+
+
+def summarise(per_seed: dict[int, dict[str, list[float]]], console: Console) -> dict[str, dict[str, float]]:
+    """Mean and spread of the best and the last accuracy per initialisation, and how often each was best."""
+    labels = [label for label, _ in INITS]
+    wins = dict.fromkeys(labels, 0)
+    for results in per_seed.values():
+        wins[max(labels, key=lambda label: max(results[label]))] += 1
+    summary = {}
+    table = Table(title=f"over {len(per_seed)} seeds ({', '.join(map(str, per_seed))})")
+    for column in ("initialisation", "best: mean", "best: std", "last: mean", "seeds won"):
+        table.add_column(column, justify="left" if column == "initialisation" else "right")
+    for label in labels:
+        best = np.array([max(results[label]) for results in per_seed.values()])
+        last = np.array([results[label][-1] for results in per_seed.values()])
+        summary[label] = dict(best_mean=best.mean(), best_std=best.std(), last_mean=last.mean(), wins=wins[label])
+        table.add_row(label, f"{best.mean():.3f}", f"{best.std():.3f}", f"{last.mean():.3f}", str(wins[label]))
+    console.print(table)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="twins_pcpvt_tiny")
     parser.add_argument("--root", default=str(Path.home() / ".cache" / "videorec" / "synthetic-v3"))
@@ -122,58 +187,17 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     parser.add_argument("--image-lr", type=float, default=5e-4, help="2D pre-training learning rate")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; each repeats the whole experiment")
     args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
     console = Console()
-    torch.manual_seed(args.seed)
 
     root = Path(args.root).expanduser()
     SyntheticDataModule(root=str(root)).prepare_data()  # generates the dataset on first use
     num_frames, rate = 8, 2
-    x, y = load_clips(root, "train", num_frames, rate)
-    xv, yv = load_clips(root, "val", num_frames, rate)
-    num_classes = int(y.max()) + 1
-
-    # 1. 2D pre-training: where the object is, in rendered images of the same world
-    images, image_labels = quadrant_images(args.images, args.seed)
-    val_images, val_image_labels = quadrant_images(1000, args.seed + 1)
-    image_model = timm_twins_like(args.model, 4)
-    start = time.perf_counter()
-    image_acc = fit(
-        image_model, images, image_labels, val_images, val_image_labels,
-        args.image_epochs, args.image_lr, 64, args.seed, "2D pre-training",
-    )  # fmt: skip
-    console.print(
-        f"2D pre-training (timm Twins, quadrant of the object, 4 classes): top-1 {image_acc[-1]:.3f} after "
-        f"{args.image_epochs} epochs of {args.images} images, {time.perf_counter() - start:.0f} s"
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(tmp) / "twins_2d.pth"
-        torch.save(image_model.state_dict(), ckpt)
-
-        # 2. video fine-tuning: center, mean, and random initialisation
-        results: dict[str, list[float]] = {}
-        times: dict[str, float] = {}
-        for label, pretrained, inflate in [
-            ("inflate=center", ckpt, "center"),
-            ("inflate=mean", ckpt, "mean"),
-            ("random init", None, None),
-        ]:
-            model = create_model(args.model, num_classes=num_classes, pretrained=pretrained, inflate=inflate)
-            start = time.perf_counter()
-            results[label] = fit(model, x, y, xv, yv, args.epochs, args.lr, args.batch, args.seed, label)
-            times[label] = time.perf_counter() - start
-
-    table = Table(title=f"{args.model}: validation top-1 per fine-tuning epoch (lr {args.lr}, batch {args.batch})")
-    table.add_column("initialisation", no_wrap=True)
-    for epoch in range(args.epochs):
-        table.add_column(f"ep {epoch + 1}", justify="right")
-    table.add_column("best", justify="right")
-    table.add_column("time", justify="right")
-    for label, accs in results.items():
-        table.add_row(label, *(f"{a:.3f}" for a in accs), f"{max(accs):.3f}", f"{times[label]:.0f} s")
-    console.print(table)
-    return results
+    clips = (*load_clips(root, "train", num_frames, rate), *load_clips(root, "val", num_frames, rate))
+    per_seed = {seed: run_seed(args, seed, clips, console)[0] for seed in seeds}
+    return summarise(per_seed, console)
 
 
 if __name__ == "__main__":

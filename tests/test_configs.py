@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from videorec.models import is_model
+from videorec.models import create_model, is_model
 
 CONF = Path(__file__).resolve().parents[1] / "videorec" / "conf"
 
@@ -119,6 +119,12 @@ def test_recipe_group_names_a_data_and_model_pair(compose, tmp_path, option):
     assert OmegaConf.to_container(cfg.module)["lr"] == recipe.module.lr
     if "trainer" in recipe:
         assert cfg.trainer.max_epochs == recipe.trainer.max_epochs
+    kwargs = recipe.get("model", {}).get("kwargs", {})
+    model = create_model(cfg.model.name, **cfg.model.kwargs)  # architecture choices reach the model
+    for key, value in kwargs.items():
+        assert cfg.model.kwargs[key] == value
+        if hasattr(model, key):  # e.g. global_pool (drop_path_rate is spread over the blocks instead)
+            assert getattr(model, key) == value
 
 
 def test_recipe_follows_the_model_choice_and_yields_to_overrides(compose, tmp_path):

@@ -57,6 +57,30 @@ def test_tiny_drop_path_override_changes_training_output(name):
     assert rates and max(rates) == pytest.approx(0.5)
 
 
+POOLED = [name for name in TINY if model_family(name) != "mvit"]  # MViT pools its class token or the mean
+
+
+@pytest.mark.parametrize("name", POOLED)
+def test_tiny_global_pool_options(name):
+    """``global_pool`` pools the same features by mean, max or their average; the default is the published mean."""
+    torch.manual_seed(0)
+    models = {pool: create_model(name, num_classes=3, global_pool=pool).eval() for pool in ("avg", "max", "avgmax")}
+    assert create_model(name, num_classes=3).global_pool == "avg"
+    for pool in ("max", "avgmax"):  # same weights, only the pooling differs
+        models[pool].load_state_dict(models["avg"].state_dict())
+    x = _input_for(models["avg"], batch=2)
+    with torch.no_grad():
+        feats = models["avg"].forward_features(x).flatten(2)  # (B, C, positions)
+        pooled = {pool: m.forward_head(m.forward_features(x), pre_logits=True) for pool, m in models.items()}
+    assert feats.shape[-1] > 1
+    torch.testing.assert_close(pooled["avg"], feats.mean(-1))
+    torch.testing.assert_close(pooled["max"], feats.amax(-1))
+    torch.testing.assert_close(pooled["avgmax"], (feats.mean(-1) + feats.amax(-1)) / 2)
+    assert not torch.allclose(pooled["avg"], pooled["max"])
+    with pytest.raises(ValueError, match="global_pool must be one of"):
+        create_model(name, global_pool="median")
+
+
 def test_image_batch_is_a_one_frame_video():
     model = create_model("uniformer_tiny", num_classes=4).eval()
     img = torch.randn(2, 3, 64, 64)

@@ -298,3 +298,27 @@ def test_model_config_file(name):
     assert cfg.name == name
     assert set(cfg) >= {"name", "kwargs", "pretrained"}
     assert isinstance(create_model(name, **cfg.kwargs), Twins)
+
+
+def test_inflation_experiment_summary_counts_wins_and_averages(capsys):
+    """The inflation experiment's summary over seeds: mean and spread of the best accuracy, and seeds won."""
+    import importlib.util
+
+    from rich.console import Console
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "inflation_experiment.py"
+    spec = importlib.util.spec_from_file_location("inflation_experiment", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    per_seed = {
+        0: {"inflate=center": [0.2, 0.4], "inflate=mean": [0.3, 0.6], "random init": [0.1, 0.2]},
+        1: {"inflate=center": [0.5, 0.45], "inflate=mean": [0.2, 0.3], "random init": [0.1, 0.4]},
+        2: {"inflate=center": [0.1, 0.2], "inflate=mean": [0.5, 0.7], "random init": [0.3, 0.3]},
+    }
+    summary = module.summarise(per_seed, Console(width=120))
+    assert summary["inflate=mean"]["wins"] == 2 and summary["inflate=center"]["wins"] == 1
+    assert summary["random init"]["wins"] == 0
+    assert summary["inflate=center"]["best_mean"] == pytest.approx((0.4 + 0.5 + 0.2) / 3)
+    assert summary["inflate=mean"]["last_mean"] == pytest.approx((0.6 + 0.3 + 0.7) / 3)
+    assert summary["random init"]["best_std"] == pytest.approx(torch.tensor([0.2, 0.4, 0.3]).std(unbiased=False).item())
+    assert "over 3 seeds" in capsys.readouterr().out

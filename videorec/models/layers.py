@@ -29,6 +29,9 @@ __all__ = [
     "as_video",
     "trunc_normal_init",
     "BackboneMixin",
+    "GLOBAL_POOLS",
+    "check_global_pool",
+    "global_pool_tokens",
 ]
 
 
@@ -256,13 +259,42 @@ def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(module.bias)
 
 
+GLOBAL_POOLS = ("avg", "max", "avgmax")
+
+
+def check_global_pool(family: str, global_pool: str) -> str:
+    """Validate a ``global_pool`` argument (see :func:`global_pool_tokens`) and return it."""
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"{family}: global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+    return global_pool
+
+
+def global_pool_tokens(x: torch.Tensor, global_pool: str = "avg") -> torch.Tensor:
+    """Pool (B, C, T', H', W') features over all positions to (B, C).
+
+    ``"avg"`` is the mean (every family's published head), ``"max"`` the maximum and ``"avgmax"`` the mean of the two,
+    as timm's ``global_pool`` options of the same names. Max pooling keeps a response that only a few positions have
+    (a small moving object in a static scene), which the mean dilutes by the number of positions.
+    """
+    x = x.flatten(2)
+    if global_pool == "avg":
+        return x.mean(-1)
+    if global_pool == "max":
+        return x.amax(-1)
+    if global_pool == "avgmax":
+        return 0.5 * (x.mean(-1) + x.amax(-1))
+    raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
+
+
 class BackboneMixin:
     """The uniform model API shared by every family (timm-style), for models with a linear ``head``.
 
-    The model sets ``num_classes``, ``num_features``, ``head``, ``head_drop`` and ``grad_checkpointing`` and implements
-    ``forward_features`` returning (B, C, T', H', W') features; families with other features override
-    :meth:`forward_head`.
+    The model sets ``num_classes``, ``num_features``, ``head``, ``head_drop``, ``global_pool`` and
+    ``grad_checkpointing`` and implements ``forward_features`` returning (B, C, T', H', W') features; families with
+    other features override :meth:`forward_head`.
     """
+
+    global_pool: str = "avg"
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -275,7 +307,7 @@ class BackboneMixin:
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x.flatten(2).mean(-1)  # global average over T'H'W' -> (B, C')
+        x = global_pool_tokens(x, self.global_pool)  # over T'H'W' -> (B, C')
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 

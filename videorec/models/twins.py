@@ -44,7 +44,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as torch_checkpoint
 
-from .layers import BackboneMixin, DropPath, Mlp, as_video, attention, drop_path_rates, to_3tuple, trunc_normal_init
+from .layers import (
+    BackboneMixin,
+    DropPath,
+    Mlp,
+    as_video,
+    attention,
+    check_global_pool,
+    drop_path_rates,
+    to_3tuple,
+    trunc_normal_init,
+)
 from .registry import build_variant, register_model
 
 __all__ = [
@@ -356,6 +366,8 @@ class Twins(BackboneMixin, nn.Module):
         attn_drop_rate: attention dropout.
         drop_path_rate: stochastic depth, growing linearly over all blocks.
         head_drop: dropout before the classifier.
+        global_pool: how the features are pooled for the head: ``"avg"`` (published), ``"max"`` or
+            ``"avgmax"`` (see :func:`~videorec.models.layers.global_pool_tokens`).
     """
 
     classifier_keys = ("head.",)
@@ -387,6 +399,7 @@ class Twins(BackboneMixin, nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         head_drop: float = 0.0,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         embed_dims, num_heads = _per_stage(embed_dims, "embed_dims"), _per_stage(num_heads, "num_heads")
@@ -460,6 +473,7 @@ class Twins(BackboneMixin, nn.Module):
         )
         self.norm = nn.LayerNorm(self.num_features, eps=1e-6)
         self.head_drop = nn.Dropout(head_drop)
+        self.global_pool = check_global_pool("Twins", global_pool)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(trunc_normal_init)
 

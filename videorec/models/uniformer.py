@@ -24,6 +24,7 @@ from .layers import (
     Mlp,
     PatchEmbed3d,
     as_video,
+    check_global_pool,
     drop_path_rates,
     trunc_normal_init,
 )
@@ -100,6 +101,8 @@ class UniFormer(BackboneMixin, nn.Module):
         attn_drop_rate: attention dropout.
         drop_path_rate: stochastic depth, growing linearly over all blocks.
         head_drop: dropout before the classifier.
+        global_pool: how the features are pooled for the head: ``"avg"`` (published), ``"max"`` or
+            ``"avgmax"`` (see :func:`~videorec.models.layers.global_pool_tokens`).
         temporal_kernel: temporal size of the stage-1 patch embedding (stride 2 in time when > 1).
     """
 
@@ -121,6 +124,7 @@ class UniFormer(BackboneMixin, nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         head_drop: float = 0.0,
+        global_pool: str = "avg",
         temporal_kernel: int = 3,
     ) -> None:
         super().__init__()
@@ -181,6 +185,7 @@ class UniFormer(BackboneMixin, nn.Module):
         )
         self.norm = nn.BatchNorm3d(embed_dims[-1])
         self.head_drop = nn.Dropout(head_drop)
+        self.global_pool = check_global_pool("UniFormer", global_pool)
         self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(trunc_normal_init)
 

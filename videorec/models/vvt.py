@@ -46,7 +46,15 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint as torch_checkpoint
 
-from .layers import BackboneMixin, DropPath, PatchEmbed3d, as_video, drop_path_rates, trunc_normal_init
+from .layers import (
+    BackboneMixin,
+    DropPath,
+    PatchEmbed3d,
+    as_video,
+    check_global_pool,
+    drop_path_rates,
+    trunc_normal_init,
+)
 from .registry import build_variant, register_model
 
 __all__ = ["VicinityVisionTransformer", "VicinityAttention", "FeaturePreserving", "DWConvMlp", "Block"]
@@ -293,6 +301,8 @@ class VicinityVisionTransformer(BackboneMixin, nn.Module):
         drop_rate: dropout in MLPs and projections.
         drop_path_rate: stochastic depth, growing linearly over all blocks.
         head_drop: dropout before the classifier.
+        global_pool: how the features are pooled for the head: ``"avg"`` (published), ``"max"`` or
+            ``"avgmax"`` (see :func:`~videorec.models.layers.global_pool_tokens`).
     """
 
     classifier_keys = ("head.",)
@@ -317,6 +327,7 @@ class VicinityVisionTransformer(BackboneMixin, nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         head_drop: float = 0.0,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         if num_frames < 1:
@@ -355,6 +366,7 @@ class VicinityVisionTransformer(BackboneMixin, nn.Module):
             stages.append(Stage(in_ch, embed_dims[i], depths[i], embed, block, dpr[start : start + depths[i]]))
         self.stages = nn.ModuleList(stages)
         self.head_drop = nn.Dropout(head_drop)
+        self.global_pool = check_global_pool("VVT", global_pool)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(trunc_normal_init)
 

@@ -43,7 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as torch_checkpoint
 
-from .layers import BackboneMixin, DropPath, Mlp, as_video, drop_path_rates, trunc_normal_init
+from .layers import BackboneMixin, DropPath, Mlp, as_video, check_global_pool, drop_path_rates, trunc_normal_init
 from .registry import build_variant, register_model
 
 __all__ = ["XFormer", "CrossFeatureAttention", "XFBlock", "XFStage", "MV3Block", "SqueezeExcite"]
@@ -281,6 +281,8 @@ class XFormer(BackboneMixin, nn.Module):
         drop_rate: dropout in the XF blocks.
         drop_path_rate: stochastic depth over the MobileNetV3 and XF blocks, growing linearly.
         head_drop: dropout before the classifier.
+        global_pool: how the features are pooled for the head: ``"avg"`` (published), ``"max"`` or
+            ``"avgmax"`` (see :func:`~videorec.models.layers.global_pool_tokens`).
     """
 
     classifier_keys = ("head.",)
@@ -308,6 +310,7 @@ class XFormer(BackboneMixin, nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         head_drop: float = 0.0,
+        global_pool: str = "avg",
     ) -> None:
         super().__init__()
         if num_frames < 1:
@@ -345,6 +348,7 @@ class XFormer(BackboneMixin, nn.Module):
         self.stages = nn.ModuleList(stages)
         self.conv_head = ConvNormAct(ch, head_chans)
         self.head_drop = nn.Dropout(head_drop)
+        self.global_pool = check_global_pool("XFormer", global_pool)
         self.head = nn.Linear(head_chans, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(trunc_normal_init)
 
