@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each repeats the whole experiment")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)  # full tables when the output is logged
 
     root = Path(args.root).expanduser()
     SyntheticDataModule(root=str(root)).prepare_data()  # generates the dataset on first use

@@ -56,12 +56,14 @@ def test_build_ssv2_lists(tmp_path):
 
 def test_bench_decode_smoke():
     args = ["--sizes", "64x48", "--seconds", "1", "--clips", "2", "--decoders", "decord,pyav", "--threads", "0,1"]
-    rates = _load("bench_decode").main(args)
+    rates = _load("bench_decode").main([*args, "--bound"])
     assert {method for _, method in rates} == {
         "pytorchvideo EncodedVideo (decord)",
         "videorec decord (auto threads)",
         "videorec decord (1 thread)",
         "videorec pyav (auto threads)",
         "videorec pyav (1 thread)",
+        "bound: decord decode only (auto threads)",
+        "bound: decord decode only (1 thread)",
     }
     assert all(rate > 0 for rate in rates.values())
