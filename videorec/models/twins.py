@@ -374,7 +374,9 @@ class Twins(BackboneMixin, nn.Module):
     # "center": at initialisation every token frame is the image model's response to one input frame, whatever the
     # temporal padding (the pretrained features start intact; time mixing is learnt). "mean" (also exact on one
     # frame here) blurs tubelets, sub-sampling and PEGs over time and, with zero padding, dims the border frames.
-    # ViViT's reference configs (scenic) likewise initialise tubelet embeddings from the central frame.
+    # ViViT's reference configs (scenic) likewise initialise tubelet embeddings from the central frame. Measured on the
+    # embedded dataset by scripts/inflation_experiment.py (2D pre-training, then 6 fine-tuning epochs, 5 seeds):
+    # "center" 45.6% +- 3.7 best top-1 on average and best in 3 seeds, "mean" 35.5% +- 15.9, random init 29.9%.
     default_inflate = "center"
 
     def __init__(
