@@ -98,6 +98,10 @@ def decord_decode_bound(num_frames: int, rate: int, threads: int):
     return clip
 
 
+def threads_label(threads: int) -> str:
+    return "auto threads" if threads == 0 else f"{threads} thread{'s' * (threads > 1)}"
+
+
 def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
     """Run the benchmark; returns clips/s per (video size, method)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
 
     t, s = args.num_frames, args.sampling_rate
     # pytorchvideo opens decord with num_threads=0 (automatic) and PyAV with its defaults; it offers no setting.
+    thread_counts = [int(v) for v in args.threads.split(",")]
     methods = {"pytorchvideo EncodedVideo (decord)": pytorchvideo_clip("decord", t, s, fps)}
     if args.reference_pyav:
         methods["pytorchvideo EncodedVideo (pyav)"] = pytorchvideo_clip("pyav", t, s, fps)
@@ -150,13 +155,11 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
         except RuntimeError as err:
             console.print(f"[yellow]skipping {decoder}: {str(err).splitlines()[0][:160]}")
             continue
-        for threads in map(int, args.threads.split(",")):
-            label = "auto threads" if threads == 0 else f"{threads} thread{'s' * (threads > 1)}"
-            methods[f"videorec {decoder} ({label})"] = ours(decoder, t, s, threads, args.float)
+        for threads in thread_counts:
+            methods[f"videorec {decoder} ({threads_label(threads)})"] = ours(decoder, t, s, threads, args.float)
     if args.bound:
-        for threads in map(int, args.threads.split(",")):
-            label = "auto threads" if threads == 0 else f"{threads} thread{'s' * (threads > 1)}"
-            methods[f"bound: decord decode only ({label})"] = decord_decode_bound(t, s, threads)
+        for threads in thread_counts:
+            methods[f"bound: decord decode only ({threads_label(threads)})"] = decord_decode_bound(t, s, threads)
 
     rng = np.random.default_rng(0)
     seconds: dict[tuple[str, str], float] = defaultdict(float)

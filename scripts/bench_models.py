@@ -302,6 +302,48 @@ def bench_scaling(names: list[str], sizes: list[int], args, device: torch.device
     return rows
 
 
+def bench_with_references(names: list[str], args, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """Time every model next to its reference implementations on one input, and print the ratios."""
+    x = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=device)
+    rows: list[dict] = []
+    for name in names:
+        group: dict[str, nn.Module] = {}
+        try:
+            group[name] = create_model(
+                name, num_classes=args.num_classes, num_frames=args.frames, img_size=args.size
+            ).to(device)
+        except (ValueError, TypeError) as e:
+            print(f"{name}: skipped ({e})")
+            continue
+        if not args.no_reference:
+            for label, build in REFERENCES.get(name, {}).items():
+                if fnmatch.fnmatch(label, args.references):
+                    group[label] = build(args.frames, args.size, args.num_classes).to(device)
+        results = bench_group(group, x, dtype, args.iters, args.warmup, args.frames, args.size)
+        print(f"\n{name}")
+        print(f"  {'model':<26}{'params(M)':>10}{'GFLOPs':>9}{'fwd ms':>16}{'fwd+bwd ms':>18}{'peak MB':>10}")
+        for label, r in results.items():
+            print(
+                f"  {label:<26}{r['params_m']:>10.2f}{r['gflops']:>9.2f}"
+                f"{r['fwd_ms']:>9.1f} /{r['fwd_min_ms']:>6.1f}{r['fwd_bwd_ms']:>10.1f} /{r['fwd_bwd_min_ms']:>6.1f}"
+                f"{r['peak_mem_mb']:>10.1f}"
+            )
+            rows.append({"model": name, "impl": label, **r})
+        ours = results[name]
+        for label, r in results.items():
+            if label == name:
+                continue
+            print(
+                f"  ratio {label} / {name}: fwd x{r['fwd_ms'] / ours['fwd_ms']:.2f} "
+                f"(min x{r['fwd_min_ms'] / ours['fwd_min_ms']:.2f}), "
+                f"fwd+bwd x{r['fwd_bwd_ms'] / ours['fwd_bwd_ms']:.2f} "
+                f"(min x{r['fwd_bwd_min_ms'] / ours['fwd_bwd_min_ms']:.2f}), "
+                f"peak memory x{r['peak_mem_mb'] / max(ours['peak_mem_mb'], 1e-9):.2f}  (>1: ours faster / smaller)"
+            )
+        del group
+    return rows
+
+
 def _select(patterns: list[str]) -> list[str]:
     names: list[str] = []
     for pattern in patterns:
@@ -342,53 +384,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"threads={torch.get_num_threads()} iters={args.iters} (times: median / min over interleaved rounds)"
     )
     torch.manual_seed(0)
+    config = dict(device=str(device), dtype=args.dtype, batch=args.batch, frames=args.frames, size=args.size)
     if args.scaling:
-        sizes = sorted(int(v) for v in args.scaling.split(",") if v)
-        rows = bench_scaling(names, sizes, args, device, dtype)
-        if args.json:
-            config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-            args.json.write_text(json.dumps({"config": config, "results": rows}, indent=2))
-        return rows
-    x = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=device)
-    rows: list[dict] = []
-    for name in names:
-        group: dict[str, nn.Module] = {}
-        try:
-            group[name] = create_model(
-                name, num_classes=args.num_classes, num_frames=args.frames, img_size=args.size
-            ).to(device)
-        except (ValueError, TypeError) as e:
-            print(f"{name}: skipped ({e})")
-            continue
-        if not args.no_reference:
-            for label, build in REFERENCES.get(name, {}).items():
-                if fnmatch.fnmatch(label, args.references):
-                    group[label] = build(args.frames, args.size, args.num_classes).to(device)
-        results = bench_group(group, x, dtype, args.iters, args.warmup, args.frames, args.size)
-        print(f"\n{name}")
-        print(f"  {'model':<26}{'params(M)':>10}{'GFLOPs':>9}{'fwd ms':>16}{'fwd+bwd ms':>18}{'peak MB':>10}")
-        for label, r in results.items():
-            print(
-                f"  {label:<26}{r['params_m']:>10.2f}{r['gflops']:>9.2f}"
-                f"{r['fwd_ms']:>9.1f} /{r['fwd_min_ms']:>6.1f}{r['fwd_bwd_ms']:>10.1f} /{r['fwd_bwd_min_ms']:>6.1f}"
-                f"{r['peak_mem_mb']:>10.1f}"
-            )
-            rows.append({"model": name, "impl": label, **r})
-        ours = results[name]
-        for label, r in results.items():
-            if label == name:
-                continue
-            print(
-                f"  ratio {label} / {name}: fwd x{r['fwd_ms'] / ours['fwd_ms']:.2f} "
-                f"(min x{r['fwd_min_ms'] / ours['fwd_min_ms']:.2f}), "
-                f"fwd+bwd x{r['fwd_bwd_ms'] / ours['fwd_bwd_ms']:.2f} "
-                f"(min x{r['fwd_bwd_min_ms'] / ours['fwd_bwd_min_ms']:.2f}), "
-                f"peak memory x{r['peak_mem_mb'] / max(ours['peak_mem_mb'], 1e-9):.2f}  (>1: ours faster / smaller)"
-            )
-        del group
+        config["size"] = sorted(int(v) for v in args.scaling.split(",") if v)
+        rows = bench_scaling(names, config["size"], args, device, dtype)
+    else:
+        rows = bench_with_references(names, args, device, dtype)
     if args.json:
-        meta = dict(device=str(device), dtype=args.dtype, batch=args.batch, frames=args.frames, size=args.size)
-        args.json.write_text(json.dumps({"config": meta, "results": rows}, indent=2))
+        args.json.write_text(json.dumps({"config": config, "results": rows}, indent=2))
     return rows
 
 

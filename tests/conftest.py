@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,15 @@ from omegaconf import DictConfig, open_dict
 # Keep W&B and caches inside the test sandbox and never prompt for a login.
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as the module ``name`` (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from conftest import load_script
 
 from videorec.models.layers import Attention, attention
 from videorec.models.vvt import VicinityAttention
@@ -106,14 +107,9 @@ def test_meter_counts_storage_once_and_frees():
 
 
 def test_bench_models_scaling_mode_reports_growth_per_token_count(tmp_path, capsys):
-    import importlib.util
     import json
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_models.py"
-    spec = importlib.util.spec_from_file_location("bench_models_scaling", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_models")
     out = tmp_path / "scaling.json"
     rows = bench.main(
         ["--models", "vvt_tiny,xformer_tiny", "--scaling", "64,32", "--frames", "4", "--batch", "1", "--iters", "1",

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from omegaconf import OmegaConf
 
 from videorec.models import CheckpointError, create_model, list_models
@@ -22,16 +21,8 @@ VARIANTS = ["mvit_b", "mvit_b_32x3", "mvitv2_s", "mvitv2_b", "mvit_tiny"]
 V1_TINY = dict(pool_q_every_block=False, expand_in_attn=False, rel_pos=False, abs_pos=True, residual_pool=False)
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_script("bench_models")
-convert = _load_script("convert_checkpoint")
+bench = load_script("bench_models")
+convert = load_script("convert_checkpoint")
 
 
 def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

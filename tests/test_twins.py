@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_script
 
 from videorec.models import CheckpointError, create_model
 from videorec.models.twins import LocallyGroupedAttn3d, SameTimeConv3d, Twins
@@ -302,14 +303,9 @@ def test_model_config_file(name):
 
 def test_inflation_experiment_summary_counts_wins_and_averages(capsys):
     """The inflation experiment's summary over seeds: mean and spread of the best accuracy, and seeds won."""
-    import importlib.util
-
     from rich.console import Console
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "inflation_experiment.py"
-    spec = importlib.util.spec_from_file_location("inflation_experiment", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("inflation_experiment")
     per_seed = {
         0: {"inflate=center": [0.2, 0.4], "inflate=mean": [0.3, 0.6], "random init": [0.1, 0.2]},
         1: {"inflate=center": [0.5, 0.45], "inflate=mean": [0.2, 0.3], "random init": [0.1, 0.4]},
