@@ -10,9 +10,30 @@ import torch
 import torch.nn as nn
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-__all__ = ["count_params", "count_gflops", "PeakMemoryMeter", "measure_peak"]
+__all__ = ["count_params", "count_gflops", "flop_counter", "PeakMemoryMeter", "measure_peak"]
+
+
+def _cpu_sdpa_flops(query, key, value, *args, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# PyTorch's counter knows the CUDA attention kernels but not the CPU one that SDPA dispatches to on this device, which
+# it would count as zero: the same formulas serve it.
+_CPU_SDPA_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+}
+
+
+def flop_counter(**kwargs) -> FlopCounterMode:
+    """A ``FlopCounterMode`` that also counts the CPU attention kernel (its totals are FLOPs, 2 per multiply-add)."""
+    return FlopCounterMode(custom_mapping={**_CPU_SDPA_FLOPS, **kwargs.pop("custom_mapping", {})}, **kwargs)
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -27,7 +48,7 @@ def count_gflops(model: nn.Module, *inputs: torch.Tensor) -> float:
     """
     was_training = model.training
     model.eval()
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter(display=False)
     with counter:
         model(*inputs)
     model.train(was_training)
