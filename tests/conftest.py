@@ -20,9 +20,13 @@ os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"  # the Hydra configs (shipped as the package videorec.conf)
+
+
 def load_script(name: str):
     """Import ``scripts/<name>.py`` as the module ``name`` (the scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -30,7 +34,7 @@ def load_script(name: str):
 
 
 def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose ``videorec/conf/<config_name>.yaml`` as the CLI would, with outputs under ``output_dir``."""
+    """Compose ``conf/<config_name>.yaml`` as the CLI would, with outputs under ``output_dir``."""
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="videorec.conf", version_base="1.3"):
         cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)

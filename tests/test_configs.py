@@ -1,14 +1,13 @@
 """Every config group composes, and each option instantiates."""
 
-from pathlib import Path
-
 import pytest
+import torch
+from conftest import CONF_DIR as CONF
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from videorec.models import create_model, is_model
-
-CONF = Path(__file__).resolve().parents[1] / "videorec" / "conf"
 
 
 def _options(group):
@@ -34,7 +33,9 @@ def test_model_group(compose, tmp_path, option):
 @pytest.mark.parametrize("option", _options("data"))
 def test_data_group(compose, tmp_path, option):
     cfg = compose("train", [f"data={option}", f"data.root={tmp_path}"], tmp_path)
-    if OmegaConf.is_missing(cfg.data, "class_names_file"):  # no canonical list shipped: the user gives one
+    if cfg.data.get("variant") == "k600":  # no canonical list shipped: the user gives one
+        with pytest.raises(InstantiationException, match="data.class_names_file"):
+            instantiate(cfg.data)
         names = tmp_path / "classes.txt"
         names.write_text("a\nb\nc\n")
         cfg.data.class_names_file = str(names)
@@ -136,3 +137,44 @@ def test_recipe_follows_the_model_choice_and_yields_to_overrides(compose, tmp_pa
     assert mvit.module.lr == OmegaConf.load(CONF / "recipe" / "synthetic_mvit_tiny.yaml").module.lr
     pinned = compose("train", ["model=mvit_tiny", "module.lr=0.123", "trainer.max_epochs=2"], tmp_path)
     assert pinned.module.lr == 0.123 and pinned.trainer.max_epochs == 2
+
+
+def _leaves(node, prefix=""):
+    """(dotted key, value) of every leaf of a plain config mapping."""
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_each_default_is_stated_once(compose, tmp_path):
+    k400 = OmegaConf.to_container(compose("train", ["data=k400"], tmp_path).data)
+    for variant in ("k600", "k700"):
+        lines = [ln for ln in (CONF / "data" / f"{variant}.yaml").read_text().splitlines() if ln.split("#")[0].strip()]
+        assert len(lines) <= 6, f"data/{variant}.yaml repeats k400.yaml: {lines}"
+        composed = OmegaConf.to_container(compose("train", [f"data={variant}"], tmp_path).data)
+        assert {k for k in k400 if composed.get(k) != k400[k]} <= {"name", "variant"}, variant
+    # the loader defaults live in data/base/loader.yaml only
+    base = OmegaConf.load(CONF / "data" / "base" / "loader.yaml")
+    for option in _options("data"):
+        text = (CONF / "data" / f"{option}.yaml").read_text()
+        composed = compose("train", [f"data={option}"], tmp_path).data
+        restated = [k for k in base if f"\n{k}:" in text and composed[k] == base[k]]
+        assert not restated, f"data/{option}.yaml restates the loader defaults {restated}"
+    # a recipe holds only what differs from train.yaml and the data and model configs
+    for option in _options("recipe"):
+        data = next(d for d in _options("data") if option.startswith(f"{d}_"))
+        recipe = OmegaConf.to_container(OmegaConf.load(CONF / "recipe" / f"{option}.yaml"))
+        other = "vvt_tiny" if "uniformer" in option else "uniformer_tiny"  # a pair without a recipe
+        plain = compose("train", [f"data={data}", f"model={other}"], tmp_path)
+        same = [key for key, value in _leaves(recipe) if OmegaConf.select(plain, key) == value]
+        assert not same, f"recipe/{option}.yaml repeats the defaults {same}"
+    # drop_path_rate lives in the model config or in the model code, never both
+    for option in _options("model"):
+        if "drop_path_rate" not in OmegaConf.load(CONF / "model" / f"{option}.yaml").kwargs:
+            continue
+        with torch.device("meta"):
+            model = create_model(option)
+        rates = [m.drop_prob for m in model.modules() if hasattr(m, "drop_prob")]
+        assert rates and max(rates) == 0.0, f"model/{option}.yaml and the {option} variant both set drop_path_rate"

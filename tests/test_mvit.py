@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_script
+from conftest import CONF_DIR, load_script
 from omegaconf import OmegaConf
 
 from videorec.models import CheckpointError, create_model, list_models
 from videorec.models.mvit import MViT, block_cfgs, model_cfgs, resize_rel_pos
 from videorec.utils.profile import count_gflops, count_params
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["mvit_b", "mvit_b_32x3", "mvitv2_s", "mvitv2_b", "mvit_tiny"]
 # v1 structure on the tiny width: abs pos, no rel pos, expansion in the MLP, Q pooled only at stage starts
 V1_TINY = dict(pool_q_every_block=False, expand_in_attn=False, rel_pos=False, abs_pos=True, residual_pool=False)
@@ -108,7 +106,7 @@ def test_block_structure_mvit_b():
 def test_registry_and_configs():
     assert set(VARIANTS) <= set(list_models("mvit*"))
     for name in VARIANTS:
-        cfg = OmegaConf.load(ROOT / "videorec" / "conf" / "model" / f"{name}.yaml")
+        cfg = OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
         assert cfg.name == name and cfg.pretrained is None
         model = _meta(name, **cfg.kwargs)
         assert isinstance(model, MViT)

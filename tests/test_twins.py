@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_script
+from conftest import CONF_DIR, load_script
 
 from videorec.models import CheckpointError, create_model
 from videorec.models.twins import LocallyGroupedAttn3d, SameTimeConv3d, Twins
@@ -16,7 +16,7 @@ from videorec.utils.profile import count_gflops, count_params
 
 timm = pytest.importorskip("timm")
 
-CONF = Path(__file__).resolve().parents[1] / "videorec" / "conf" / "model"
+CONF = CONF_DIR / "model"
 TIMM_NAMES = {"twins_pcpvt_s": "twins_pcpvt_small", "twins_svt_s": "twins_svt_small"}
 # timm-equivalent image architectures of our tiny variants (the window becomes (1, w, w) on a one-frame video)
 TIMM_TINY = {

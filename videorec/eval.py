@@ -111,7 +111,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path="pkg://videorec.conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -127,7 +127,7 @@ def _show(results: list[dict[str, Any]], skipped: list[str], path: Path) -> None
     console.print(f"[bold]predictions:[/bold] {path}")
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="pkg://videorec.conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 
