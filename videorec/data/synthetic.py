@@ -126,7 +126,9 @@ def _encode(path: Path, frames: np.ndarray, crf: int) -> None:
         stream = container.add_stream("libx264", rate=Fraction(FPS))
         stream.width = stream.height = SIZE
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1"}
+        # asm=0: x264's SIMD code paths made the bytes of some videos differ from run to run with the same frames; the
+        # plain C paths encode the same bytes every time (and the videos are tiny)
+        stream.options = {"crf": str(crf), "preset": "medium", "threads": "1", "x264-params": "asm=0"}
         for array in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                 container.mux(packet)
