@@ -172,3 +172,38 @@ def test_predict_names_top_classes_and_skips_broken_files(tmp_path, trained, tin
     assert len(saved["videos"]) == 2 and len(saved["skipped"]) == 1 and "broken.mp4" in saved["skipped"][0]
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         predict(compose_config("predict", [*overrides[:1], f"input={tmp_path / 'nope'}"], tmp_path / "out2"))
+
+
+def test_compiled_run_checkpoint_loads_in_eval_predict_and_create_model(tmp_path, tiny_synthetic):
+    """`module.compile=true` trains a compiled backbone; its checkpoints keep the plain parameter names."""
+    import torch
+
+    from videorec.models import create_model
+    from videorec.predict import predict
+
+    run_dir = tmp_path / "run"
+    _run(run_dir, [*tiny_synthetic, "logger=none", "trainer.max_epochs=1", "module.compile=true"])
+    last = run_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)["state_dict"]
+    assert not [k for k in state if "_orig_mod" in k] and any(k.startswith("backbone.") for k in state)
+    _, result = _run(tmp_path / "eval", [f"ckpt_path={last}", "trainer=cpu"], config="eval")
+    assert result["num_videos"] > 0
+    data_root = Path(next(o for o in tiny_synthetic if o.startswith("data.root=")).split("=", 1)[1])
+    video = data_root / "videos" / "val" / "clockwise" / "0000.mp4"
+    (top,) = predict(
+        compose_config("predict", [f"ckpt_path={last}", f"input={video}", "num_workers=0"], tmp_path / "p")
+    )
+    assert top["top"][0]["name"] in CLASSES
+    model = create_model("uniformer_tiny", pretrained=str(last))
+    plain = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in plain.items())
+    # checkpoints written before compiled modules kept their names (backbone._orig_mod.*) load too
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["state_dict"] = {k.replace("backbone.", "backbone._orig_mod.", 1): v for k, v in state.items()}
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    _, result_old = _run(tmp_path / "eval_old", [f"ckpt_path={old}", "trainer=cpu"], config="eval")
+    assert result_old["video_acc1"] == result["video_acc1"]
+    assert all(
+        torch.equal(create_model("uniformer_tiny", pretrained=str(old)).state_dict()[k], v) for k, v in plain.items()
+    )

@@ -8,6 +8,7 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .lit import VideoClassifier
@@ -68,16 +70,27 @@ def build_module(cfg: DictConfig, num_classes: int, class_names: list[str] | Non
     )
 
 
+def _run_checkpoints(run_dir: Path) -> list[Path]:
+    """The resumable checkpoints of a run folder: ``last.ckpt`` and Lightning's SLURM requeue checkpoints."""
+    return [p for p in (run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+
+
 def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """A checkpoint file to resume from; ``last``: the newest of this run folder, else of the newest run beside it."""
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "last":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        if not last.is_file():
+        found = _run_checkpoints(output_dir) or [
+            p for run in output_dir.parent.iterdir() for p in _run_checkpoints(run)
+        ]
+        if not found:
             raise FileNotFoundError(
-                f"ckpt_path=last: no {last}. Point hydra.run.dir at the run to resume, or pass ckpt_path=<file>."
+                f"ckpt_path=last: no last.ckpt or hpc_ckpt_*.ckpt in {output_dir} or any run beside it in "
+                f"{output_dir.parent}. Pass run_name=<the run> or ckpt_path=<file>."
             )
-        return str(last)
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        log.info("ckpt_path=last: resuming from %s", newest)
+        return str(newest)
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     return str(ckpt_path)
@@ -101,7 +114,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for lg in loggers:
         lg.log_hyperparams(resolved)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    if rank_zero_only.rank == 0:
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
     metrics = flat_metrics(trainer.callback_metrics)
@@ -117,6 +131,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(flat_metrics(test))
         metrics.update(flat_metrics({f"test/{k}": v for k, v in model.video_results.items() if k != "videos"}))
 
+    # every rank holds the same synchronised numbers; each says so in its own log, rank 0 writes them
+    log.info("rank %d final metrics: %s", trainer.global_rank, json.dumps(metrics, sort_keys=True))
     metrics_path = output_dir / "metrics.json"
     write_json(metrics_path, metrics)
     wandb_dir = wandb_run_dir(loggers)
@@ -134,7 +150,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://videorec.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     return metrics.get("val/acc1")  # for Hydra sweepers

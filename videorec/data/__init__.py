@@ -3,7 +3,7 @@
 `hydra.utils.instantiate(cfg.data)` builds one of the datamodules below; see `datamodule.py` for the batch contract.
 """
 
-from .callbacks import SkippedVideosCallback
+from .callbacks import SkippedVideos, SkippedVideosCallback
 from .datamodule import VideoDataModule
 from .datasets import EvalDistributedSampler, VideoClipDataset, VideoCollate, VideoRecord
 from .decoding import VideoDecodeError, read_frames
@@ -16,6 +16,7 @@ __all__ = [
     "KineticsDataModule",
     "ListFileError",
     "SSv2DataModule",
+    "SkippedVideos",
     "SkippedVideosCallback",
     "SyntheticDataModule",
     "VideoClipDataset",

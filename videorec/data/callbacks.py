@@ -6,18 +6,60 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import Metric
 
-__all__ = ["SkippedVideosCallback"]
+__all__ = ["SkippedVideos", "SkippedVideosCallback"]
+
+
+class SkippedVideos(Metric):
+    """The distinct skipped videos of one stage and epoch, over every rank.
+
+    The "<path>: <reason>" names are kept as UTF-8 bytes (one name a line, each byte a float so that the state has the
+    metric's dtype on every rank, empty ones included) in a list state that torchmetrics concatenates over ranks when
+    the metric is computed. So the names travel with the other epoch metrics, in the
+    collective that Lightning issues for every logged metric in the same order on every rank, whichever rank asks
+    first (rank 0's progress bar asks earlier than the others). ``compute`` returns the count, prints the names on
+    rank 0 and keeps them in ``names``.
+
+    Args:
+        stage: "train", "val" or "test", for the message.
+        max_names: at most this many names are printed (the count is always complete).
+    """
+
+    full_state_update = False
+
+    def __init__(self, stage: str, max_names: int = 50) -> None:
+        super().__init__()
+        self.stage, self.max_names = stage, max_names
+        self.add_state("encoded", default=[], dist_reduce_fx="cat")
+        self.names: list[str] | None = None  # those of the last computed epoch
+
+    def update(self, names: list[str]) -> None:
+        if names:
+            data = bytearray("".join(f"{name}\n" for name in names).encode())
+            self.encoded.append(torch.frombuffer(data, dtype=torch.uint8).to(self.device, self.dtype))
+
+    def compute(self) -> torch.Tensor:
+        parts = self.encoded if isinstance(self.encoded, list) else [self.encoded]  # a tensor once synchronised
+        text = b"".join(bytes(p.to(torch.uint8).tolist()) for p in parts).decode(errors="replace")
+        names = list(dict.fromkeys(line for line in text.split("\n") if line))  # a video counts once
+        self.names = names
+        if names:
+            shown = "\n  ".join(names[: self.max_names])
+            more = f"\n  ... and {len(names) - self.max_names} more" if len(names) > self.max_names else ""
+            rank_zero_info(f"[{self.stage}] skipped {len(names)} undecodable video(s) this epoch:\n  {shown}{more}")
+        return torch.tensor(float(len(names)), device=self.device)
 
 
 class SkippedVideosCallback(L.Callback):
-    """Log `<stage>/skipped_videos` (summed over ranks) each epoch and print the skipped files' names.
+    """Log `<stage>/skipped_videos` (distinct videos over all ranks) each epoch and print the skipped files' names.
 
     The names travel in the batch: the collate puts the "<path>: <reason>" strings of undecodable videos under
-    `batch["skipped"]`; this callback gathers them in `on_*_batch_end`. A video counts once per epoch however many
-    views of it failed.
+    `batch["skipped"]`. This callback adds them to a `SkippedVideos` metric in `on_*_batch_end` and logs the metric
+    for the epoch, as the LightningModule logs its accuracies: this callback itself never communicates, so no rank
+    can wait in it for a collective that another rank issues elsewhere. A video counts once per epoch however many of
+    its views failed, on however many ranks.
 
     Args:
         max_names: at most this many names are printed per epoch (the count is always complete).
@@ -27,54 +69,43 @@ class SkippedVideosCallback(L.Callback):
 
     def __init__(self, max_names: int = 50) -> None:
         self.max_names = max_names
-        self.skipped: dict[str, dict[str, None]] = {stage: {} for stage in self.STAGES}  # ordered set per stage
-        self.last_counts: dict[str, int] = {}
+        self.metrics = {stage: SkippedVideos(stage, max_names) for stage in self.STAGES}
 
-    def _collect(self, stage: str, batch: Any) -> None:
-        if isinstance(batch, dict):
-            for name in batch.get("skipped", ()):
-                self.skipped[stage][name] = None
+    @property
+    def last_counts(self) -> dict[str, int]:
+        """Skipped videos of each stage's last computed epoch (the same on every rank)."""
+        return {stage: len(m.names) for stage, m in self.metrics.items() if m.names is not None}
 
-    def _report(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        names = list(self.skipped[stage])
-        self.skipped[stage] = {}
+    def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, batch: Any) -> None:
         if trainer.sanity_checking:
             return
-        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-            gathered: list[list[str]] = [[] for _ in range(dist.get_world_size())]
-            dist.all_gather_object(gathered, names)
-            names = list(dict.fromkeys(name for part in gathered for name in part))
-        self.last_counts[stage] = len(names)
-        # Every rank holds the same gathered total: log it without a further reduction.
-        pl_module.log(f"{stage}/skipped_videos", torch.tensor(float(len(names))), on_step=False, on_epoch=True)
-        if names:
-            shown = "\n  ".join(names[: self.max_names])
-            more = f"\n  ... and {len(names) - self.max_names} more" if len(names) > self.max_names else ""
-            rank_zero_info(f"[{stage}] skipped {len(names)} undecodable video(s) this epoch:\n  {shown}{more}")
+        metric = self.metrics[stage]
+        if metric.device != pl_module.device:
+            metric.to(pl_module.device)
+        metric.update(list(batch.get("skipped", ())) if isinstance(batch, dict) else [])
+        pl_module.log(
+            f"{stage}/skipped_videos",
+            metric,
+            on_step=False,
+            on_epoch=True,
+            batch_size=1,
+            metric_attribute=f"skipped_videos_{stage}",
+        )
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.skipped["train"] = {}
+        self.metrics["train"].reset()
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.skipped["val"] = {}
+        self.metrics["val"].reset()
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.skipped["test"] = {}
+        self.metrics["test"].reset()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._collect("train", batch)
+        self._collect(trainer, pl_module, "train", batch)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._collect("val", batch)
+        self._collect(trainer, pl_module, "val", batch)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._collect("test", batch)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._report(trainer, pl_module, "train")
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._report(trainer, pl_module, "val")
-
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._report(trainer, pl_module, "test")
+        self._collect(trainer, pl_module, "test", batch)

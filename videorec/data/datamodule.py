@@ -10,10 +10,11 @@ Batches are dicts:
 - `skipped`: list of "<path>: <reason>" strings for videos of this batch that could not be decoded.
 
 Skipped videos travel in the batch: a dataset item that fails to decode becomes a marker, the collate (in the worker)
-drops it from the tensors and lists it under `skipped`, and `SkippedVideosCallback` collects the lists from
-`on_*_batch_end`, sums the count over ranks at epoch end, logs `train/skipped_videos` / `val/skipped_videos` /
-`test/skipped_videos` and prints the names. A batch whose videos all failed has B = 0; the LightningModule should then
-return a zero loss that still touches its parameters (e.g. `sum(p.sum() for p in params) * 0`) so DDP stays in step.
+drops it from the tensors and lists it under `skipped`, and `SkippedVideosCallback` adds the lists to a metric in
+`on_*_batch_end` that logs `train/skipped_videos` / `val/skipped_videos` / `test/skipped_videos` (distinct videos over
+all ranks, gathered with the other epoch metrics) and prints the names. A batch whose videos all failed has B = 0;
+the LightningModule should then return a zero loss that still touches its parameters (e.g.
+`sum(p.sum() for p in params) * 0`) so DDP stays in step.
 
 Distributed use: the train loader's sampler is a `DistributedSampler` (shuffled, reseeded by `set_epoch`, padded so
 every rank runs the same number of steps); the val/test samplers are `EvalDistributedSampler` (no padding, so no view

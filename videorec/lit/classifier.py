@@ -18,6 +18,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import create_model
+from ..models.checkpoints import strip_compiled
 from .optim import build_optimizer, param_groups_weight_decay, warmup_cosine_lambda
 
 __all__ = ["VideoClassifier", "aggregate_views"]
@@ -107,7 +108,11 @@ class VideoClassifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.hparams.compile and stage == "fit":
-            self.backbone = torch.compile(self.backbone)
+            # compiled in place: the parameters keep their names, so checkpoints load everywhere without torch.compile
+            self.backbone.compile()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = strip_compiled(checkpoint["state_dict"])
 
     # --- training ---
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -154,8 +159,10 @@ class VideoClassifier(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
+        # every rank runs this hook at the same point, so the two computes below (each a collective) are issued in the
+        # same order everywhere; the value is then the same on every rank and "max" reduces it exactly
         self.val_acc1_best(self.val_acc1.compute())
-        self.log("val/acc1_best", self.val_acc1_best.compute(), sync_dist=False, prog_bar=True)
+        self.log("val/acc1_best", self.val_acc1_best.compute(), sync_dist=True, reduce_fx="max", prog_bar=True)
 
     def on_test_epoch_start(self) -> None:
         self._test_views = []
@@ -183,8 +190,8 @@ class VideoClassifier(L.LightningModule):
         if views is None:
             return
         self.video_results = aggregate_views(**views)
-        for key in ("video_acc1", "video_acc5"):
-            self.log(f"test/{key}", self.video_results[key], sync_dist=False)
+        for key in ("video_acc1", "video_acc5"):  # gathered: the same on every rank, so "max" reduces exactly
+            self.log(f"test/{key}", self.video_results[key], sync_dist=True, reduce_fx="max")
 
     # --- optimisation ---
     def configure_optimizers(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ __all__ = [
     "inflate_weight",
     "load_pretrained",
     "strip_prefix",
+    "strip_compiled",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,12 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         raise CheckpointError(f"{path}: no tensors found (top-level keys: {sorted(ckpt)[:20]})")
     if all(k.startswith("module.") for k in sd):
         sd = strip_prefix(sd, "module.")
-    return sd, fmt
+    return strip_compiled(sd), fmt
+
+
+def strip_compiled(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Key names without the ``_orig_mod.`` that a module wrapped by ``torch.compile`` adds (older runs saved those)."""
+    return {k.replace("_orig_mod.", ""): v for k, v in sd.items()}
 
 
 def inflate_weight(weight: torch.Tensor, time: int, mode: str = "mean") -> torch.Tensor:

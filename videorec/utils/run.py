@@ -7,6 +7,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,10 @@ from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
+    "run_name",
     "instantiate_callbacks",
     "instantiate_loggers",
     "wandb_offline_by_default",
@@ -29,6 +31,30 @@ __all__ = [
 ]
 
 log = logging.getLogger("videorec")
+
+
+def run_name(explicit: str | None = None) -> str:
+    """The name of the run folder: the same in every process of a run and across the requeues of a SLURM job.
+
+    ``explicit`` (the ``run_name=`` key) wins; then the SLURM job (``slurm-<job id>``, ``slurm-<array job>_<task>`` for
+    an array task); then torchrun's rendezvous id when one was given (``--rdzv-id``); else the start time, which is
+    only shared by processes started in the same second: give ``run_name=`` to a multi-node torchrun without an id.
+    """
+    if explicit not in (None, "", "null"):
+        return str(explicit)
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"slurm-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    if env.get("SLURM_JOB_ID"):
+        return f"slurm-{env['SLURM_JOB_ID']}"
+    if env.get("TORCHELASTIC_RUN_ID") not in (None, "", "none"):
+        return f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+if not OmegaConf.has_resolver("videorec.run_name"):
+    # hydra/default.yaml names the run folder with it; registered on import of the entry points' helpers
+    OmegaConf.register_new_resolver("videorec.run_name", run_name, use_cache=True)
 
 
 def _entries(cfg: DictConfig | None, group: str) -> list[tuple[str, DictConfig]]:

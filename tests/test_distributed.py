@@ -1,0 +1,141 @@
+"""Training with more than one process, launched the way users launch it: two torchrun "nodes" on 127.0.0.1 (gloo)
+and `trainer=ddp_cpu`, each through `python -m videorec.train` for 2 full epochs with validation, on a Kinetics list
+that holds one broken video. A hang fails the test through a timeout."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from video_factory import write_kinetics_dataset, write_text_as_video
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 300  # seconds; a run that deadlocks is killed and fails here instead of hanging CI
+CLASSES = ["abseiling", "archery"]
+
+
+@pytest.fixture(scope="module")
+def broken_list_root(tmp_path_factory) -> Path:
+    """2 classes x 4 train / 2 val videos, plus one undecodable file listed in the train and val lists."""
+    root = write_kinetics_dataset(tmp_path_factory.mktemp("k"), CLASSES, per_class=4, num_frames=8, size=(32, 32))
+    write_text_as_video(root / "train" / "broken.mp4")
+    with open(root / "train.txt", "a") as f:
+        f.write("train/broken.mp4 1\n")
+    with open(root / "val.txt", "a") as f:
+        f.write("train/broken.mp4 0\n")
+    return root
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _overrides(root: Path, run_dir: Path) -> list[str]:
+    return [
+        "data=k400",
+        f"data.root={root}",
+        "data.num_workers=0",
+        "data.batch_size=2",
+        "data.num_frames=4",
+        "data.sampling_rate=1",
+        "data.crop_size=32",
+        "data.randaug_n=0",
+        "data.mixup_alpha=0",
+        "data.cutmix_alpha=0",
+        "data.random_erasing=0",
+        "model=uniformer_tiny",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=1",
+        "logger=csv",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_", "LOCAL_RANK"))}
+    return {**env, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+
+
+def _launch(cmd: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:  # the child keeps its own handle
+        return subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait(procs: list[subprocess.Popen], logs: list[Path]) -> None:
+    try:
+        for p in procs:
+            p.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        tails = "\n".join(f"--- {log}\n{log.read_text()[-3000:]}" for log in logs)
+        pytest.fail(f"a rank hung for more than {TIMEOUT} s\n{tails}")
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, f"exit {p.returncode}\n{log.read_text()[-4000:]}"
+
+
+def _rows(run_dir: Path, key: str) -> list[dict[str, str]]:
+    """The rows of the CSV logger's metrics file that hold `key`."""
+    (metrics,) = run_dir.glob("csv/**/metrics.csv")
+    with open(metrics) as f:
+        return [row for row in csv.DictReader(f) if row.get(key)]
+
+
+def _check_run(run_dir: Path, logs: list[Path], processes: int) -> None:
+    """What every multi-process run must show; `processes` run `train()` itself (under ddp_spawn only the parent)."""
+    # one checkpoint folder, written by rank 0
+    assert [p.name for p in run_dir.rglob("checkpoints")] == ["checkpoints"]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    val_rows = _rows(run_dir, "val/acc1")
+    assert len(val_rows) == 3, val_rows  # two epochs, each validated, then the best checkpoint once more
+    for row in val_rows:  # the broken video counted once per epoch, over both ranks
+        assert float(row["val/skipped_videos"]) == 1.0
+    train_rows = _rows(run_dir, "train/skipped_videos")
+    assert [float(r["train/skipped_videos"]) for r in train_rows] == [1.0, 1.0]
+    text = "\n".join(log.read_text() for log in logs)
+    assert "skipped 1 undecodable video(s)" in text and "broken.mp4" in text
+    # every rank reports the same final (synchronised) metrics, and rank 0 wrote them
+    finals = [json.loads(m.group(2)) for m in re.finditer(r"rank (\d+) final metrics: (\{.*\})", text)]
+    assert len(finals) == processes
+    for final in finals:
+        final.pop("train/loss")  # the last step's own loss, logged per step and per rank; everything else is reduced
+    assert all(f == finals[0] for f in finals) and any(k.startswith("val/") for k in finals[0]), finals
+    assert {k: v for k, v in metrics.items() if k != "train/loss"} == finals[0]
+
+
+def test_two_torchrun_nodes_train_two_epochs(broken_list_root, tmp_path):
+    run_dir = tmp_path / "run"
+    port = _free_port()
+    procs, logs = [], []
+    for node in range(2):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run",
+            "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(node),
+            "--master-addr", "127.0.0.1", "--master-port", str(port),
+            "-m", "videorec.train",
+            *_overrides(broken_list_root, run_dir),
+            "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2", "++trainer.strategy=ddp",
+        ]  # fmt: skip
+        logs.append(tmp_path / f"node{node}.log")
+        procs.append(_launch(cmd, tmp_path, logs[-1]))
+    _wait(procs, logs)
+    _check_run(run_dir, logs, processes=2)
+
+
+def test_ddp_cpu_trainer_config_trains_two_epochs(broken_list_root, tmp_path):
+    run_dir = tmp_path / "run"
+    log = tmp_path / "run.log"
+    cmd = [sys.executable, "-m", "videorec.train", *_overrides(broken_list_root, run_dir), "trainer=ddp_cpu"]
+    proc = _launch(cmd, tmp_path, log)
+    _wait([proc], [log])
+    _check_run(run_dir, [log], processes=1)
