@@ -15,6 +15,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import videorec.utils.run  # noqa: F401  (registers the resolvers that the configs use)
+
 # Keep W&B and caches inside the test sandbox and never prompt for a login.
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

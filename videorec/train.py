@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,9 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .lit import VideoClassifier
 from .models import is_model, list_models
@@ -76,9 +79,21 @@ def _run_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """A checkpoint file to resume from; ``last``: the newest of this run folder, else of the newest run beside it."""
+    """A checkpoint file to resume from.
+
+    ``last``: the newest ``last.ckpt`` or SLURM requeue checkpoint of this run folder, else of the runs beside it.
+    ``auto``: the newest of this run folder if there is one, else none (a job script's first start and its requeues).
+    """
     if ckpt_path in (None, "", "null"):
         return None
+    if ckpt_path == "auto":
+        found = _run_checkpoints(output_dir)
+        if not found:
+            log.info("ckpt_path=auto: no checkpoint in %s yet, starting afresh", output_dir)
+            return None
+        newest = max(found, key=lambda p: p.stat().st_mtime)
+        log.info("ckpt_path=auto: resuming from %s", newest)
+        return str(newest)
     if ckpt_path == "last":
         found = _run_checkpoints(output_dir) or [
             p for run in output_dir.parent.iterdir() for p in _run_checkpoints(run)
@@ -96,6 +111,49 @@ def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     return str(ckpt_path)
 
 
+def scale_batch_and_lr(cfg: DictConfig, world_size: int) -> dict[str, Any]:
+    """The per-device batch, gradient accumulation and learning rate of a run, as the papers state them.
+
+    With ``global_batch_size`` set, ``data.batch_size`` is the largest per-device batch to use: the accumulation is the
+    fewest steps that reach the global batch, and the global batch must divide evenly. With ``base_lr`` set, the
+    learning rate scales linearly from ``base_batch_size``: ``lr = base_lr * global_batch_size / base_batch_size``.
+    """
+    cap = int(cfg.data.batch_size)
+    global_batch = cfg.get("global_batch_size")
+    if global_batch is None:
+        per_device, accumulate = cap, int(cfg.trainer.get("accumulate_grad_batches") or 1)
+        global_batch = per_device * world_size * accumulate
+    else:
+        global_batch = int(global_batch)
+        accumulate = max(1, math.ceil(global_batch / (world_size * cap)))
+        per_device, rest = divmod(global_batch, world_size * accumulate)
+        if rest or per_device == 0:
+            raise ValueError(
+                f"global_batch_size={global_batch} does not split over {world_size} device(s) x {accumulate} "
+                f"accumulation step(s) with at most data.batch_size={cap} clips per device; pick a global batch that "
+                "is a multiple of the world size"
+            )
+    lr = float(cfg.module.lr)
+    if cfg.get("base_lr") is not None:
+        lr = float(cfg.base_lr) * global_batch / float(cfg.base_batch_size)
+    return {
+        "world_size": world_size,
+        "global_batch_size": global_batch,
+        "per_device_batch_size": per_device,
+        "accumulate_grad_batches": accumulate,
+        "base_lr": cfg.get("base_lr"),
+        "base_batch_size": cfg.get("base_batch_size") if cfg.get("base_lr") is not None else None,
+        "lr": lr,
+    }
+
+
+def _plugins(cfg: DictConfig) -> list[Any]:
+    """Lightning's SLURM environment when running under SLURM: auto-requeue on SIGUSR1 (see scripts/slurm/)."""
+    if SLURMEnvironment.detect():
+        return [SLURMEnvironment(auto_requeue=bool(cfg.get("auto_requeue", True)), requeue_signal=signal.SIGUSR1)]
+    return []
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit a model as configured, evaluate the best checkpoint, write ``metrics.json`` and return the metrics."""
     output_dir = Path(cfg.paths.output_dir)
@@ -103,48 +161,59 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
-    model = build_module(cfg, datamodule.num_classes, getattr(datamodule, "class_names", None))
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     loggers = instantiate_loggers(cfg.get("logger"))
-    if not loggers:  # the learning-rate monitor needs a logger to write to
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    try:
+        if not loggers:  # the learning-rate monitor needs a logger to write to
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        trainer: L.Trainer = instantiate(
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=_plugins(cfg) or None
+        )
+        scaled = scale_batch_and_lr(cfg, trainer.num_devices * trainer.num_nodes)
+        with open_dict(cfg):
+            cfg.data.batch_size = scaled["per_device_batch_size"]
+            cfg.trainer.accumulate_grad_batches = scaled["accumulate_grad_batches"]
+            cfg.module.lr = scaled["lr"]
+        trainer.accumulate_grad_batches = scaled["accumulate_grad_batches"]
+        print_summary("videorec: batch and learning rate", scaled, {})
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for lg in loggers:
-        lg.log_hyperparams(resolved)
-    if rank_zero_only.rank == 0:
-        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        datamodule: L.LightningDataModule = instantiate(cfg.data)
+        model = build_module(cfg, datamodule.num_classes, getattr(datamodule, "class_names", None))
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        for lg in loggers:
+            lg.log_hyperparams(resolved)
+        if rank_zero_only.rank == 0:
+            OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
-    metrics = flat_metrics(trainer.callback_metrics)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=_resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+        metrics = flat_metrics(trainer.callback_metrics)
 
-    ckpt_cb = trainer.checkpoint_callback
-    best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
-    if not trainer.fast_dev_run and best:
-        # the final validation metrics are those of the best checkpoint
-        (val,) = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
-        metrics.update(flat_metrics(val))
-    if cfg.get("test"):
-        (test,) = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        metrics.update(flat_metrics(test))
-        metrics.update(flat_metrics({f"test/{k}": v for k, v in model.video_results.items() if k != "videos"}))
+        ckpt_cb = trainer.checkpoint_callback
+        best = getattr(ckpt_cb, "best_model_path", "") if ckpt_cb is not None else ""
+        if not trainer.fast_dev_run and best:
+            # the final validation metrics are those of the best checkpoint
+            (val,) = trainer.validate(model, datamodule=datamodule, ckpt_path=best, verbose=False)
+            metrics.update(flat_metrics(val))
+        if cfg.get("test"):
+            (test,) = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            metrics.update(flat_metrics(test))
+            metrics.update(flat_metrics({f"test/{k}": v for k, v in model.video_results.items() if k != "videos"}))
 
-    # every rank holds the same synchronised numbers; each says so in its own log, rank 0 writes them
-    log.info("rank %d final metrics: %s", trainer.global_rank, json.dumps(metrics, sort_keys=True))
-    metrics_path = output_dir / "metrics.json"
-    write_json(metrics_path, metrics)
-    wandb_dir = wandb_run_dir(loggers)
-    extra = {
-        "best checkpoint": best or None,
-        "metrics": str(metrics_path),
-        "run directory": str(output_dir),
-        "W&B run folder": wandb_dir,
-    }
-    if wandb_dir and os.environ.get("WANDB_MODE") in ("offline", "dryrun"):
-        extra["W&B"] = f"offline run; upload it with: wandb sync {wandb_dir}"
-    finish_loggers(loggers)
+        # every rank holds the same synchronised numbers; each says so in its own log, rank 0 writes them
+        log.info("rank %d final metrics: %s", trainer.global_rank, json.dumps(metrics, sort_keys=True))
+        metrics_path = output_dir / "metrics.json"
+        write_json(metrics_path, metrics)
+        wandb_dir = wandb_run_dir(loggers)
+        extra = {
+            "best checkpoint": best or None,
+            "metrics": str(metrics_path),
+            "run directory": str(output_dir),
+            "W&B run folder": wandb_dir,
+        }
+        if wandb_dir and os.environ.get("WANDB_MODE") in ("offline", "dryrun"):
+            extra["W&B"] = f"offline run; upload it with: wandb sync {wandb_dir}"
+    finally:
+        finish_loggers(loggers)  # also after a failure, so that what was logged is complete
     shown = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/", "train/acc", "train/loss_epoch"))}
     print_summary(f"videorec: {cfg.model.name} on {OmegaConf.select(cfg, 'data.name', default='data')}", shown, extra)
     return metrics
@@ -153,7 +222,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="pkg://videorec.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
-    return metrics.get("val/acc1")  # for Hydra sweepers
+    return metrics.get(cfg.get("optimized_metric") or "val/acc1")  # what Hydra sweepers optimise
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ all ranks, gathered with the other epoch metrics) and prints the names. A batch 
 the LightningModule should then return a zero loss that still touches its parameters (e.g.
 `sum(p.sum() for p in params) * 0`) so DDP stays in step.
 
-Distributed use: the train loader's sampler is a `DistributedSampler` (shuffled, reseeded by `set_epoch`, padded so
-every rank runs the same number of steps); the val/test samplers are `EvalDistributedSampler` (no padding, so no view
+Distributed use: the train loader's sampler is a `TrainDistributedSampler` (a `DistributedSampler`: shuffled,
+reseeded by `set_epoch`, padded so every rank runs the same number of steps, yielding `(index, epoch)` so that each
+clip's augmentation is seeded by both); the val/test samplers are `EvalDistributedSampler` (no padding, so no view
 is evaluated twice). Both are `DistributedSampler` instances, so Lightning leaves them in place whatever
 `use_distributed_sampler` says, and its fit loop calls `set_epoch`. Evaluation ranks may run one batch more than
 others: the LightningModule must not run collectives per step in val/test (log with `on_epoch=True`; torchmetrics
@@ -34,9 +35,18 @@ from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
-from .datasets import EvalDistributedSampler, VideoClipDataset, VideoCollate, VideoRecord, dist_info, seed_worker
+from .datasets import (
+    EvalDistributedSampler,
+    TrainDistributedSampler,
+    VideoClipDataset,
+    VideoCollate,
+    VideoRecord,
+    dist_info,
+    seed_worker,
+)
 from .decoding import check_decoder
 from .sampling import TEMPORAL_CONTROLS
 from .transforms import MEAN, STD, EvalClipTransform, MixupCutmix, TrainClipTransform
@@ -210,7 +220,11 @@ class VideoDataModule(L.LightningDataModule):
         dataset = self.dataset(split)
         rank, world = dist_info()
         if split == "train":
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+            sampler = TrainDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+            # Lightning sets the epoch at each epoch start, but a run resumed mid-epoch creates (and fast-forwards)
+            # its loader before that: the order must already be the resumed epoch's
+            trainer = self.trainer
+            sampler.set_epoch(trainer.current_epoch if trainer is not None else 0)
         else:
             sampler = EvalDistributedSampler(dataset, num_replicas=world, rank=rank)
         mixup = None
@@ -218,7 +232,10 @@ class VideoDataModule(L.LightningDataModule):
             mixup = MixupCutmix(
                 self.num_classes, self.mixup_alpha, self.cutmix_alpha, self.mixup_prob, self.mixup_switch_prob
             )
-        return DataLoader(
+        # the train loader keeps its position: Lightning saves its state in every checkpoint, so a run resumed from a
+        # mid-epoch checkpoint goes on with the next batch of that epoch
+        loader = StatefulDataLoader if split == "train" else DataLoader
+        return loader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,

@@ -2,12 +2,18 @@
 
 One item of `VideoClipDataset` is one (video, clip) pair: in training a random clip of video `i`; in evaluation the
 uniformly spaced clip `clip_index` of video `i // num_clips`, returned as `num_crops` spatial views decoded once.
+
+Training randomness is a function of (seed, epoch, index): `TrainDistributedSampler` yields `(index, epoch)` pairs and
+each item draws its clip start, flip and augmentation from an RNG seeded with them (the collate seeds the batch's mixup
+from its first item). So a clip is augmented the same way whatever the number of workers or ranks, and a resumed run
+sees exactly the clips the uninterrupted run would have seen.
 An item is a list of samples (dicts); a video that cannot be decoded gives `[{"skipped": "<path>: <reason>"}]`
 instead, and the collate drops it from the batch and lists it under the batch key `skipped`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,12 +31,27 @@ from .transforms import EvalClipTransform, MixupCutmix, TrainClipTransform
 
 __all__ = [
     "EvalDistributedSampler",
+    "TrainDistributedSampler",
     "VideoClipDataset",
     "VideoCollate",
     "VideoRecord",
     "dist_info",
     "seed_worker",
 ]
+
+
+def sample_seed(*keys: int) -> int:
+    """A 63-bit seed mixed from integer keys (seed, epoch, index, ...)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0]) >> 1
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[torch.Generator]:
+    """Run a block with the global CPU RNG seeded by `seed` (torchvision's transforms draw from it), restored after;
+    yields a generator with the same seed for the calls that take one."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield torch.Generator().manual_seed(seed)
 
 
 @dataclass(frozen=True)
@@ -111,11 +132,19 @@ class VideoClipDataset(Dataset):
             )
         return apply_temporal_control(indices, self.temporal_control, generator=generator, train=self.train)
 
-    def __getitem__(self, index: int) -> list[dict[str, Any]]:
+    def __getitem__(self, index: int | tuple[int, int]) -> list[dict[str, Any]]:
+        if isinstance(index, tuple):  # (index, epoch) from TrainDistributedSampler: seeded by both
+            index, epoch = index
+            key = sample_seed(self.seed, epoch, index)
+            with seeded(key) as generator:
+                return self._item(index, generator, key)
+        # Training without an epoch draws from the global RNG; evaluation views are seeded, hence reproducible.
+        generator = None if self.train else torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        return self._item(index, generator, None)
+
+    def _item(self, index: int, generator: torch.Generator | None, key: int | None) -> list[dict[str, Any]]:
         video_index, clip_index = divmod(index, self.num_clips)
         record = self.records[video_index]
-        # Training draws from the worker's global RNG; evaluation views are seeded, hence reproducible.
-        generator = None if self.train else torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         clip = None if self.train else clip_index
         try:
             frames = read_frames(
@@ -130,10 +159,11 @@ class VideoClipDataset(Dataset):
         label = record.label
         if self.train:
             flippable = self.flip_prob > 0 and self.flip_labels.get(label, label) is not None
-            if flippable and float(torch.rand(())) < self.flip_prob:
+            if flippable and float(torch.rand((), generator=generator)) < self.flip_prob:
                 frames = frames.flip(2)  # (T, H, W, 3): mirror W
                 label = self.flip_labels.get(label, label)
-            return [self._sample(self.transform(frames), label, video_index, 0, 0)]
+            sample = self._sample(self.transform(frames), label, video_index, 0, 0)
+            return [sample if key is None else {**sample, "seed": key}]
         return [
             self._sample(self.transform(frames, crop_index, self.num_crops), label, video_index, clip_index, crop_index)
             for crop_index in range(self.num_crops)
@@ -169,6 +199,7 @@ class VideoCollate:
 
     def __call__(self, items: list[list[dict[str, Any]]]) -> dict[str, Any]:
         samples = [sample for item in items for sample in item]
+        seeds = [s.pop("seed") for s in samples if "seed" in s]  # training items seeded by (epoch, index)
         good = [s for s in samples if "skipped" not in s]
         if good:
             batch = default_collate(good)
@@ -177,7 +208,11 @@ class VideoCollate:
             batch |= {key: torch.zeros(0, dtype=torch.long) for key in self.KEYS}
         batch["skipped"] = [s["skipped"] for s in samples if "skipped" in s]
         if self.mixup is not None:
-            batch["video"], batch["target"] = self.mixup(batch["video"], batch["label"])
+            if seeds:
+                with seeded(seeds[0]):
+                    batch["video"], batch["target"] = self.mixup(batch["video"], batch["label"])
+            else:
+                batch["video"], batch["target"] = self.mixup(batch["video"], batch["label"])
         return batch
 
 
@@ -186,6 +221,15 @@ def dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+class TrainDistributedSampler(DistributedSampler):
+    """Lightning's usual shuffled, padded `DistributedSampler`, yielding `(index, epoch)` so that the dataset seeds each
+    clip's augmentation by both (see the module docstring). Lightning calls `set_epoch` each epoch."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch  # the order is drawn now, for this epoch
+        return ((index, epoch) for index in super().__iter__())
 
 
 class EvalDistributedSampler(DistributedSampler):

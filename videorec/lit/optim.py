@@ -7,7 +7,13 @@ import math
 import torch
 import torch.nn as nn
 
-__all__ = ["param_groups_weight_decay", "warmup_cosine_lambda", "NO_DECAY_NAME_PARTS"]
+__all__ = [
+    "param_groups_weight_decay",
+    "layer_ids",
+    "apply_layer_decay",
+    "warmup_cosine_lambda",
+    "NO_DECAY_NAME_PARTS",
+]
 
 # Parameters whose name contains one of these never get weight decay (position embeddings and tokens).
 NO_DECAY_NAME_PARTS = ("pos_embed", "cls_token", "rel_pos", "temperature")
@@ -36,6 +42,47 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dic
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
+    """Depth of every parameter for layer-wise learning-rate decay, and the number of depths.
+
+    The blocks of a backbone (its modules whose class name ends in ``Block``, in the order they are registered) are
+    depths 1..N; what comes before the first block (patch and position embeddings) is depth 0, what comes after the
+    last (final norm, head) is depth N + 1, as BEiT, VideoMAE and timm number them, and what is registered between two
+    blocks (a stage's downsampling) takes the depth of the block before it.
+    """
+    blocks = [name for name, m in model.named_modules() if type(m).__name__.endswith("Block")]
+    blocks = [b for b in blocks if not any(b.startswith(f"{outer}.") for outer in blocks)]  # outermost blocks only
+    order = {name: i + 1 for i, name in enumerate(blocks)}
+    names = [name for name, _ in model.named_parameters()]
+    owners = [next((order[b] for b in blocks if name.startswith(f"{b}.")), None) for name in names]
+    ids, previous = {}, 0
+    for i, (name, owner) in enumerate(zip(names, owners, strict=True)):
+        if owner is not None:
+            previous = owner
+        elif any(o is not None for o in owners[i + 1 :]):
+            owner = previous
+        else:
+            owner = len(blocks) + 1
+        ids[name] = owner
+    return ids, len(blocks) + 2
+
+
+def apply_layer_decay(model: nn.Module, groups: list[dict], lr: float, layer_decay: float) -> list[dict]:
+    """Split each parameter group by depth, with ``lr * layer_decay ** (depths - 1 - depth)`` per group: the head
+    keeps ``lr`` and every block below gets ``layer_decay`` times the learning rate of the block above it."""
+    ids, depths = layer_ids(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = []
+    for group in groups:
+        by_depth: dict[int, list] = {}
+        for param in group["params"]:
+            by_depth.setdefault(ids[names[id(param)]], []).append(param)
+        for depth, params in sorted(by_depth.items()):
+            scale = layer_decay ** (depths - 1 - depth)
+            out.append({**group, "params": params, "lr": lr * scale, "lr_scale": scale, "layer": depth})
+    return out
 
 
 def warmup_cosine_lambda(total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0):

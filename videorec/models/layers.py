@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -23,6 +23,8 @@ __all__ = [
     "ConvMlp3d",
     "DropPath",
     "drop_path_rates",
+    "channels_last_weights",
+    "match_grad_layouts",
     "PatchEmbed3d",
     "DepthwisePosEmbed3d",
     "to_3tuple",
@@ -239,6 +241,45 @@ class DepthwisePosEmbed3d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.proj(x)
+
+
+def channels_last_weights(module: nn.Module) -> nn.Module:
+    """Store every 5-D (Conv3d) weight in the channels-last-3d layout, for channels-last training."""
+    for param in module.parameters():
+        if param.ndim == 5:
+            param.data = param.data.contiguous(memory_format=torch.channels_last_3d)
+    return module
+
+
+def match_grad_layouts(module: nn.Module, step: Callable[[], torch.Tensor]) -> list[str]:
+    """Give each parameter the strides its gradient comes back with, found by running ``step`` (a loss) once.
+
+    A weight with size-1 dims, such as a depthwise (C, 1, k, k, k) or a pointwise (O, I, 1, 1, 1) kernel, has several
+    valid stride sets for one memory order, and the convolution backward may return its gradient with another set than
+    the weight's (which one depends on the kernel and on the input's layout). Autograd accepts that, but DDP then warns
+    "Grad strides do not match bucket view strides" and copies those gradients into its buckets on every step. Setting
+    such a weight's strides to its gradient's (the same values in the same memory order) removes the mismatch. The
+    module's buffers (BatchNorm statistics), the RNG and the gradients are left as they were. Returns the names of the
+    parameters that changed.
+    """
+    buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+    with torch.random.fork_rng(devices=[]):
+        step().backward()
+    changed = []
+    for name, param in module.named_parameters():
+        grad = param.grad
+        dense = grad is not None and (
+            grad.is_contiguous() or (grad.ndim == 5 and grad.is_contiguous(memory_format=torch.channels_last_3d))
+        )
+        if dense and grad.stride() != param.stride():
+            data = torch.empty_strided(param.shape, grad.stride(), dtype=param.dtype, device=param.device)
+            param.data = data.copy_(param.data)
+            changed.append(name)
+        param.grad = None
+    with torch.no_grad():
+        for name, b in module.named_buffers():
+            b.copy_(buffers[name])
+    return changed
 
 
 def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-__all__ = ["LastCheckpoint"]
+from ..data.datasets import sample_seed
+
+__all__ = ["ExactResume", "LastCheckpoint"]
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -53,3 +56,37 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pass  # saved at the train epoch end, which follows the epoch's validation
+
+
+class ExactResume(L.Callback):
+    """What a resumed run needs to continue exactly where its checkpoint was taken, whenever that was.
+
+    - The global RNG is seeded before every training step from (seed, step, rank), so the model's own randomness (drop
+      path, dropout) depends only on where training is, with no RNG state to save. The datasets seed each clip's
+      augmentation by (seed, epoch, index) in the same spirit.
+    - A checkpoint holds the train loader's position as of the last completed step. Lightning saves the loader's live
+      state, and a checkpoint taken by a signal handler (the SLURM requeue) in the middle of a step would record a batch
+      as consumed that the restored loop then trains on again from the next one, skipping a batch.
+
+    Args:
+        seed: the run's seed (``seed`` in train.yaml).
+    """
+
+    def __init__(self, seed: int | None = 0) -> None:
+        self.seed = 0 if seed is None else seed
+        self._loader_state: list[dict] | None = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        torch.manual_seed(sample_seed(self.seed, trainer.global_step, trainer.global_rank))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        loader = trainer.fit_loop._combined_loader
+        self._loader_state = loader._state_dicts() if loader is not None else None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._loader_state = None  # a new epoch: the live state is the right one until its first step ends
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        fit = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict")
+        if self._loader_state and fit is not None and "combined_loader" in fit:
+            fit["combined_loader"] = self._loader_state

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
     "run_name",
+    "default_precision",
     "instantiate_callbacks",
     "instantiate_loggers",
     "wandb_offline_by_default",
@@ -51,6 +52,17 @@ def run_name(explicit: str | None = None) -> str:
         return f"torchrun-{env['TORCHELASTIC_RUN_ID']}"
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 
+
+def default_precision(accelerator: str = "auto") -> str:
+    """``bf16-mixed`` on a GPU that supports bfloat16 (Ampere and newer), else full ``32-true`` (CPU included)."""
+    if str(accelerator) not in ("auto", "gpu", "cuda") or not torch.cuda.is_available():
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+
+
+if not OmegaConf.has_resolver("videorec.precision"):
+    # trainer/default.yaml's precision; resolved where the Trainer is built
+    OmegaConf.register_new_resolver("videorec.precision", default_precision)
 
 if not OmegaConf.has_resolver("videorec.run_name"):
     # hydra/default.yaml names the run folder with it; registered on import of the entry points' helpers
