@@ -39,7 +39,10 @@ format: $(STAMP) ## Ruff autofix and format
 bench: $(STAMP) ## Benchmark the tiny models on CPU against the reference implementations
 	$(PY) scripts/bench_models.py --models '*_tiny' --device cpu
 
+bench-train: $(STAMP) ## Training clips/s, peak memory and MFU of mvit_b and uniformer_s at 16x224 (GPU; bf16)
+	$(PY) scripts/bench_train.py
+
 clean: ## Remove caches and run outputs (keeps .venv)
 	rm -rf outputs multirun wandb .pytest_cache .ruff_cache
 
-.PHONY: help install demo test test-full lint format bench clean
+.PHONY: help install demo test test-full lint format bench bench-train clean

@@ -60,6 +60,12 @@ def synthetic_root(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "synthetic-cache"
 
 
+@pytest.fixture(scope="session")
+def tiny_synthetic_root(tmp_path_factory) -> Path:
+    """A small generated copy of the embedded dataset (2 train + 1 val video a class), shared by a session."""
+    return tmp_path_factory.mktemp("tiny-synthetic") / "synthetic"
+
+
 @pytest.fixture
 def cpu_overrides(synthetic_root) -> list[str]:
     return [

@@ -117,7 +117,10 @@ def test_recipe_group_names_a_data_and_model_pair(compose, tmp_path, option):
     recipe = OmegaConf.load(CONF / "recipe" / f"{option}.yaml")
     cfg = compose("train", [f"data={data}", f"model={model}", f"data.root={tmp_path}"], tmp_path)
     # the recipe is applied when the pair is chosen
-    assert OmegaConf.to_container(cfg.module)["lr"] == recipe.module.lr
+    if "base_lr" in recipe:
+        assert cfg.base_lr == recipe.base_lr and cfg.global_batch_size == recipe.global_batch_size
+    else:
+        assert OmegaConf.to_container(cfg.module)["lr"] == recipe.module.lr
     if "trainer" in recipe:
         assert cfg.trainer.max_epochs == recipe.trainer.max_epochs
     kwargs = recipe.get("model", {}).get("kwargs", {})
@@ -172,9 +175,61 @@ def test_each_default_is_stated_once(compose, tmp_path):
         assert not same, f"recipe/{option}.yaml repeats the defaults {same}"
     # drop_path_rate lives in the model config or in the model code, never both
     for option in _options("model"):
-        if "drop_path_rate" not in OmegaConf.load(CONF / "model" / f"{option}.yaml").kwargs:
+        if "drop_path_rate" not in OmegaConf.load(CONF / "model" / f"{option}.yaml").get("kwargs", {}):
             continue
         with torch.device("meta"):
             model = create_model(option)
         rates = [m.drop_prob for m in model.modules() if hasattr(m, "drop_prob")]
         assert rates and max(rates) == 0.0, f"model/{option}.yaml and the {option} variant both set drop_path_rate"
+
+
+PUBLISHED = [option for option in _options("recipe") if not option.startswith("synthetic_")]
+
+
+def test_every_published_pair_has_its_recipe():
+    wanted = {f"k400_{m}" for m in ("mvit_b", "mvit_b_32x3", "mvitv2_s", "mvitv2_b", "uniformer_s", "uniformer_b")}
+    wanted |= {f"ssv2_{m}" for m in ("uniformer_s", "uniformer_b", "mvitv2_s", "mvitv2_b")}
+    assert wanted <= set(PUBLISHED)
+    for option in PUBLISHED:  # every number cites where it comes from
+        text = (CONF / "recipe" / f"{option}.yaml").read_text()
+        assert "REFERENCES.md" in text and ("PySlowFast" in text or "Sense-X/UniFormer" in text), option
+
+
+def test_the_mission_command_trains_the_published_mvit_recipe(compose, tmp_path):
+    from videorec.train import scale_batch_and_lr
+
+    cfg = compose("train", ["model=mvit_b", "data=k400", f"data.root={tmp_path}"], tmp_path)
+    assert cfg.trainer.max_epochs == 200 and cfg.module.warmup_epochs == 30
+    assert cfg.global_batch_size == 512 and cfg.trainer.gradient_clip_val == 1.0 and cfg.data.eval_clips == 5
+    on_64_gpus = scale_batch_and_lr(cfg, world_size=64)
+    assert on_64_gpus["lr"] == pytest.approx(1.6e-3) and on_64_gpus["per_device_batch_size"] == 8
+    on_8_gpus = scale_batch_and_lr(cfg, world_size=8)  # the same global batch through gradient accumulation
+    assert on_8_gpus["accumulate_grad_batches"] == 8 and on_8_gpus["lr"] == pytest.approx(1.6e-3)
+
+
+@pytest.mark.parametrize("option", PUBLISHED)
+def test_published_recipe_runs_one_batch_with_the_family_tiny_model(tmp_path, option, tiny_synthetic_root):
+    """Each recipe applied to the embedded set and the tiny model of its family: one batch of train and val."""
+    from conftest import compose_config
+
+    from videorec.train import train
+
+    data, model = option.split("_", 1)
+    tiny = f"{model.split('_')[0].replace('mvitv2', 'mvit')}_tiny"
+    overrides = [
+        f"recipe={option}",
+        f"model={tiny}",
+        f"data.root={tiny_synthetic_root}",
+        "data.train_per_class=2",
+        "data.val_per_class=1",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        "trainer=cpu",
+        "trainer.fast_dev_run=true",
+        "logger=none",
+    ]
+    cfg = compose_config("train", overrides, tmp_path)
+    recipe = OmegaConf.load(CONF / "recipe" / f"{option}.yaml")
+    assert cfg.trainer.max_epochs == recipe.trainer.max_epochs and cfg.base_lr == recipe.base_lr
+    metrics = train(cfg)
+    assert "val/acc1" in metrics

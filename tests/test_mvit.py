@@ -7,8 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import CONF_DIR, load_script
-from omegaconf import OmegaConf
+from conftest import load_script
 
 from videorec.models import CheckpointError, create_model, list_models
 from videorec.models.mvit import MViT, block_cfgs, model_cfgs, resize_rel_pos
@@ -103,10 +102,10 @@ def test_block_structure_mvit_b():
     assert all(c.attn_dim == c.dim_out for c in v2) and v2[2].dim == 96 and v2[2].dim_out == 192
 
 
-def test_registry_and_configs():
+def test_registry_and_configs(compose, tmp_path):
     assert set(VARIANTS) <= set(list_models("mvit*"))
     for name in VARIANTS:
-        cfg = OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
+        cfg = compose("train", [f"model={name}"], tmp_path).model
         assert cfg.name == name and cfg.pretrained is None
         model = _meta(name, **cfg.kwargs)
         assert isinstance(model, MViT)

@@ -292,10 +292,8 @@ def test_timm_checkpoint_keys_are_renamed(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["twins_pcpvt_s", "twins_svt_s", "twins_pcpvt_tiny", "twins_svt_tiny"])
-def test_model_config_file(name):
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(CONF / f"{name}.yaml")
+def test_model_config_file(name, compose, tmp_path):
+    cfg = compose("train", [f"model={name}"], tmp_path).model
     assert cfg.name == name
     assert set(cfg) >= {"name", "kwargs", "pretrained"}
     assert isinstance(create_model(name, **cfg.kwargs), Twins)

@@ -19,7 +19,7 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ThroughputMonitor
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -67,6 +67,7 @@ def build_module(cfg: DictConfig, num_classes: int, class_names: list[str] | Non
         backbone_kwargs=backbone_kwargs,
         pretrained=cfg.model.get("pretrained"),
         inflate=cfg.model.get("inflate"),
+        grad_checkpointing=bool(cfg.model.get("grad_checkpointing", False)),
         class_names=list(class_names) if class_names is not None else None,
         data_config=OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None,
         **module_kwargs,
@@ -154,6 +155,21 @@ def _plugins(cfg: DictConfig) -> list[Any]:
     return []
 
 
+def batch_clips(batch: dict[str, Any]) -> int:
+    """Clips in a training batch (``ThroughputMonitor``'s batch size)."""
+    return int(batch["video"].shape[0])
+
+
+def _switch_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The callbacks that top-level switches turn on: weight EMA (``ema_decay``), throughput and MFU."""
+    out: list[L.Callback] = []
+    if cfg.get("ema_decay") is not None:
+        out.append(EMAWeightAveraging(decay=float(cfg.ema_decay)))
+    if cfg.get("throughput"):
+        out.append(ThroughputMonitor(batch_size_fn=batch_clips, window_size=int(cfg.get("throughput_window", 50))))
+    return out
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit a model as configured, evaluate the best checkpoint, write ``metrics.json`` and return the metrics."""
     output_dir = Path(cfg.paths.output_dir)
@@ -161,7 +177,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    callbacks = instantiate_callbacks(cfg.get("callbacks")) + _switch_callbacks(cfg)
     loggers = instantiate_loggers(cfg.get("logger"))
     try:
         if not loggers:  # the learning-rate monitor needs a logger to write to
