@@ -35,7 +35,7 @@ def _lightning_checkpoint(model_name: str, num_classes: int, overrides: dict, st
 
     from videorec.lit import VideoClassifier
 
-    lit = VideoClassifier(backbone=model_name, num_classes=num_classes, backbone_kwargs=overrides)
+    lit = VideoClassifier(model_name=model_name, num_classes=num_classes, backbone_kwargs=overrides)
     lit.backbone.load_state_dict(state_dict)
     return {
         "state_dict": lit.state_dict(),

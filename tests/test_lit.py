@@ -23,7 +23,7 @@ class RandomClips(Dataset):
 
 
 def _module(**kw):
-    return VideoClassifier(backbone="uniformer_tiny", num_classes=4, **kw)
+    return VideoClassifier(model_name="uniformer_tiny", num_classes=4, **kw)
 
 
 def test_no_weight_decay_on_norms_biases_and_position_embeddings():
@@ -83,7 +83,17 @@ def test_train_checkpoint_reloads_without_hydra(tmp_path):
     assert loaded.hparams.data_config == {"_target_": "x.Y"}
     # the checkpoint holds plain data only: it loads with weights_only=True
     raw = torch.load(ckpt, weights_only=True)
-    assert raw["hyper_parameters"]["backbone"] == "uniformer_tiny"
+    assert raw["hyper_parameters"]["model_name"] == "uniformer_tiny"
+    # a checkpoint from when the argument was called `backbone` loads the same model
+    raw["hyper_parameters"]["backbone"] = raw["hyper_parameters"].pop("model_name")
+    old = tmp_path / "old.ckpt"
+    torch.save(raw, old)
+    renamed = VideoClassifier.load_from_checkpoint(old).eval()
+    assert renamed.hparams.model_name == "uniformer_tiny" and "backbone" not in renamed.hparams
+    with torch.no_grad():
+        torch.testing.assert_close(renamed(x), lit(x))
+    with pytest.raises(TypeError, match="unexpected arguments: colour"):
+        VideoClassifier(colour="red")
 
 
 def test_learning_rate_follows_warmup_then_decays(tmp_path):

@@ -58,8 +58,8 @@ def _fit(tmp_path: Path, overrides: list[str]):
 @pytest.mark.parametrize("name", TINY)
 def test_activation_checkpointing_gives_the_same_gradients(name):
     torch.manual_seed(0)
-    plain = VideoClassifier(backbone=name, backbone_kwargs={"drop_path_rate": 0.0})
-    ckpt = VideoClassifier(backbone=name, backbone_kwargs={"drop_path_rate": 0.0}, grad_checkpointing=True)
+    plain = VideoClassifier(model_name=name, backbone_kwargs={"drop_path_rate": 0.0})
+    ckpt = VideoClassifier(model_name=name, backbone_kwargs={"drop_path_rate": 0.0}, grad_checkpointing=True)
     ckpt.load_state_dict(plain.state_dict())
 
     def switched(m):
@@ -86,8 +86,8 @@ def test_activation_checkpointing_switch_reaches_the_model(tmp_path, tiny_data):
 
 @pytest.mark.parametrize("name", ["uniformer_tiny", "xformer_tiny"])
 def test_channels_last_matches_the_default_layout(name):
-    plain = VideoClassifier(backbone=name).eval()
-    fast = VideoClassifier(backbone=name, channels_last=True).eval()
+    plain = VideoClassifier(model_name=name).eval()
+    fast = VideoClassifier(model_name=name, channels_last=True).eval()
     fast.load_state_dict(plain.state_dict())
     convs = [p for p in fast.parameters() if p.ndim == 5]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in convs)
@@ -126,7 +126,7 @@ def test_ema_of_the_weights(tmp_path, tiny_data):
 def test_layer_decay_scales_the_learning_rate_by_depth():
     from videorec.lit.optim import apply_layer_decay, param_groups_weight_decay
 
-    model = VideoClassifier(backbone="uniformer_tiny", lr=1e-3, layer_decay=0.5)
+    model = VideoClassifier(model_name="uniformer_tiny", lr=1e-3, layer_decay=0.5)
     groups = apply_layer_decay(model, param_groups_weight_decay(model, 0.05), 1e-3, 0.5)
     ids, depths = layer_ids(model)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -138,7 +138,7 @@ def test_layer_decay_scales_the_learning_rate_by_depth():
     assert head["lr"] == pytest.approx(1e-3) and embed["lr"] == pytest.approx(1e-3 * 0.5 ** (depths - 1))
     assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
     with pytest.raises(ValueError, match="layer_decay"):
-        VideoClassifier(backbone="uniformer_tiny", layer_decay=1.5)
+        VideoClassifier(model_name="uniformer_tiny", layer_decay=1.5)
 
 
 def test_layer_decay_reaches_the_optimiser(tmp_path, tiny_data):
@@ -153,7 +153,7 @@ def test_throughput_monitor_logs_flops_from_the_model(tmp_path, tiny_data):
     from videorec.train import _switch_callbacks
 
     assert any(isinstance(c, ThroughputMonitor) for c in _switch_callbacks(cfg))
-    module = VideoClassifier(backbone="uniformer_tiny", data_config={"num_frames": 8, "crop_size": 64})
+    module = VideoClassifier(model_name="uniformer_tiny", data_config={"num_frames": 8, "crop_size": 64})
     module._batch_clips = 4
     forward = count_gflops(module.backbone, torch.zeros(1, 3, 8, 64, 64)) * 2e9  # FLOPs of one clip's forward
     assert module.flops_per_batch == pytest.approx(4 * 3 * forward, rel=1e-6)  # forward + backward: 3 forwards

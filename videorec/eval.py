@@ -20,25 +20,13 @@ import hydra
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from .lit import VideoClassifier
-from .utils.run import print_summary, write_json
+from .utils.run import load_for_inference, print_summary, write_json
 
 __all__ = ["evaluate", "main"]
 
 log = logging.getLogger("videorec")
-
-
-def _data_config(cfg: DictConfig, model: VideoClassifier) -> DictConfig:
-    if cfg.get("data") is not None:
-        return cfg.data
-    stored = model.hparams.get("data_config")
-    if not stored:
-        raise ValueError(
-            f"{cfg.ckpt_path}: the checkpoint stores no data configuration; pass one, e.g. data=k400 data.root=..."
-        )
-    return OmegaConf.create(stored)
 
 
 @rank_zero_only
@@ -67,16 +55,12 @@ def _write_predictions(path: Path, videos: dict[str, Any], class_names: list[str
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on the test split and return the metrics written to ``eval.json``."""
-    ckpt = Path(cfg.ckpt_path)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    model = VideoClassifier.load_from_checkpoint(ckpt, map_location="cpu")
-    data_cfg = _data_config(cfg, model)
+    ckpt, model, data_cfg = load_for_inference(cfg)
     datamodule = instantiate(data_cfg)
     if datamodule.num_classes != model.hparams.num_classes:
         raise ValueError(
@@ -94,7 +78,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "num_videos": video["num_videos"],
         "num_clips": video["num_clips"],
         "checkpoint": str(ckpt.resolve()),
-        "model": model.hparams.backbone,
+        "model": model.hparams.model_name,
     }
     views = {k: data_cfg.get(k) for k in ("eval_clips", "eval_crops") if data_cfg.get(k) is not None}
     result.update(views)
@@ -104,7 +88,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     _write_predictions(output_dir / "predictions.csv", video["videos"], model.hparams.get("class_names"), paths)
     shown = {k: v for k, v in result.items() if k not in ("checkpoint", "model")}
     print_summary(
-        f"videorec eval: {model.hparams.backbone}",
+        f"videorec eval: {model.hparams.model_name}",
         shown,
         {"eval.json": str(output_dir / "eval.json"), "predictions": str(output_dir / "predictions.csv")},
     )

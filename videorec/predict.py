@@ -19,20 +19,18 @@ from typing import Any
 import hydra
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from .data.datasets import VideoRecord
-from .lit import VideoClassifier, aggregate_views
-from .utils.run import write_json
+from .data.datasets import VIDEO_SUFFIXES, VideoRecord
+from .lit import aggregate_views
+from .utils.run import load_for_inference, write_json
 
-__all__ = ["predict", "find_videos", "main", "VIDEO_SUFFIXES"]
+__all__ = ["predict", "find_videos", "main"]
 
 log = logging.getLogger("videorec")
-
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".3gp")
 
 
 def find_videos(source: str | Path) -> list[Path]:
@@ -57,24 +55,16 @@ def _device(name: str) -> torch.device:
 @torch.inference_mode()
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     """Classify every video of ``cfg.input`` with ``cfg.ckpt_path``; returns one entry per video, in input order."""
-    ckpt = Path(cfg.ckpt_path)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file")
+    ckpt, model, data_cfg = load_for_inference(cfg)
     videos = find_videos(cfg.input)
-    model = VideoClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    model.eval()
     names = model.hparams.get("class_names") or [str(i) for i in range(model.hparams.num_classes)]
-    if cfg.get("data") is not None:
-        data_cfg = cfg.data
-    elif model.hparams.get("data_config"):
-        data_cfg = OmegaConf.create(model.hparams.data_config)
-    else:
-        raise ValueError(f"{ckpt}: the checkpoint stores no data configuration; pass one, e.g. data=k400")
     overrides = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "temporal_control": "none"}
     for key, value in (("eval_clips", cfg.clips), ("eval_crops", cfg.crops)):
         if value is not None:
             overrides[key] = int(value)
     datamodule = instantiate(data_cfg, **overrides)
-    datamodule.records["test"] = [VideoRecord(str(p), 0) for p in videos]  # the user's files, unlabelled
+    datamodule.set_records("test", [VideoRecord(str(p), 0) for p in videos])  # the user's files, unlabelled
 
     device = _device(cfg.device)
     model.to(device)

@@ -42,7 +42,7 @@ __all__ = ["train", "build_module", "main"]
 log = logging.getLogger("videorec")
 
 
-def _plain(node: Any) -> dict[str, Any]:
+def _as_dict(node: Any) -> dict[str, Any]:
     """A config node (or None) as a plain dict."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
@@ -59,10 +59,10 @@ def build_module(cfg: DictConfig, num_classes: int, class_names: list[str] | Non
             backbone_kwargs["num_frames"] = int(cfg.data.num_frames)
         if cfg.data.get("crop_size") is not None:
             backbone_kwargs["img_size"] = int(cfg.data.crop_size)
-    backbone_kwargs.update(_plain(cfg.model.get("kwargs")))
-    module_kwargs = _plain(cfg.get("module"))
+    backbone_kwargs.update(_as_dict(cfg.model.get("kwargs")))
+    module_kwargs = _as_dict(cfg.get("module"))
     return VideoClassifier(
-        backbone=name,
+        model_name=name,
         num_classes=num_classes,
         backbone_kwargs=backbone_kwargs,
         pretrained=cfg.model.get("pretrained"),

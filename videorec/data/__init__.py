@@ -5,13 +5,22 @@
 
 from .callbacks import SkippedVideos, SkippedVideosCallback
 from .datamodule import VideoDataModule
-from .datasets import EvalDistributedSampler, VideoClipDataset, VideoCollate, VideoRecord
+from .datasets import (
+    VIDEO_SUFFIXES,
+    EvalDistributedSampler,
+    ListFileError,
+    TrainDistributedSampler,
+    VideoClipDataset,
+    VideoCollate,
+    VideoRecord,
+)
 from .decoding import VideoDecodeError, read_frames
-from .kinetics import KineticsDataModule, ListFileError, read_video_list
+from .kinetics import KineticsDataModule, read_video_list
 from .ssv2 import SSv2DataModule
 from .synthetic import SyntheticDataModule
 
 __all__ = [
+    "VIDEO_SUFFIXES",
     "EvalDistributedSampler",
     "KineticsDataModule",
     "ListFileError",
@@ -19,6 +28,7 @@ __all__ = [
     "SkippedVideos",
     "SkippedVideosCallback",
     "SyntheticDataModule",
+    "TrainDistributedSampler",
     "VideoClipDataset",
     "VideoCollate",
     "VideoDataModule",

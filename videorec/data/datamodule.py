@@ -56,7 +56,7 @@ __all__ = ["VideoDataModule"]
 SPLITS = ("train", "val", "test")
 
 
-def _plain(value: Any) -> Any:
+def _container(value: Any) -> Any:
     """Hydra hands lists over as ListConfig: make them plain."""
     return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
 
@@ -146,11 +146,11 @@ class VideoDataModule(L.LightningDataModule):
         self.temporal_control = temporal_control
         self.eval_clips, self.eval_crops, self.eval_short_side = eval_clips, eval_crops, eval_short_side
         self.decoder, self.fallback_decoder, self.decoder_threads = decoder, fallback_decoder, decoder_threads
-        self.train_scale, self.train_ratio = tuple(_plain(train_scale)), tuple(_plain(train_ratio))
+        self.train_scale, self.train_ratio = tuple(_container(train_scale)), tuple(_container(train_ratio))
         self.flip, self.randaug_n, self.randaug_m, self.random_erasing = flip, randaug_n, randaug_m, random_erasing
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.mixup_prob, self.mixup_switch_prob = mixup_prob, mixup_switch_prob
-        self.mean, self.std, self.seed = tuple(_plain(mean)), tuple(_plain(std)), seed
+        self.mean, self.std, self.seed = tuple(_container(mean)), tuple(_container(std)), seed
         self.class_names: list[str] = []
         self.records: dict[str, list[VideoRecord]] = {}
 
@@ -175,6 +175,12 @@ class VideoDataModule(L.LightningDataModule):
         for split in wanted.get(stage, SPLITS) if stage else SPLITS:
             if split not in self.records:
                 self.records[split] = self.load_records(split)
+
+    def set_records(self, split: str, records: Sequence[VideoRecord]) -> None:
+        """Use these videos for `split` instead of the dataset's own list (prediction on a user's files)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.records[split] = list(records)
 
     def dataset(self, split: str) -> VideoClipDataset:
         """The clip dataset of a split (after `setup`)."""

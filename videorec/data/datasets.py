@@ -30,6 +30,8 @@ from .sampling import apply_temporal_control, dense_indices, segment_indices
 from .transforms import EvalClipTransform, MixupCutmix, TrainClipTransform
 
 __all__ = [
+    "VIDEO_SUFFIXES",
+    "ListFileError",
     "EvalDistributedSampler",
     "TrainDistributedSampler",
     "VideoClipDataset",
@@ -38,6 +40,14 @@ __all__ = [
     "dist_info",
     "seed_worker",
 ]
+
+
+# File suffixes taken as videos in class folders, in SSv2's video folder and by predict's folder input.
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".3gp")
+
+
+class ListFileError(ValueError):
+    """A malformed list or annotation file: the message names the file and the line or entry."""
 
 
 def sample_seed(*keys: int) -> int:

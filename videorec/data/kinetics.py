@@ -28,17 +28,12 @@ from importlib import resources
 from pathlib import Path
 
 from .datamodule import VideoDataModule
-from .datasets import VideoRecord
+from .datasets import VIDEO_SUFFIXES, ListFileError, VideoRecord
 
 __all__ = ["KineticsDataModule", "ListFileError", "load_class_names", "normalise_name", "read_video_list"]
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v")
 LABEL_FILES = {"k400": "kinetics400.txt", "k600": "kinetics600.txt", "k700": "kinetics700.txt"}
 OFFICIAL_COLUMNS = {"label", "youtube_id", "time_start", "time_end"}
-
-
-class ListFileError(ValueError):
-    """A list file that cannot be used; the message names the file and line."""
 
 
 def normalise_name(name: str) -> str:

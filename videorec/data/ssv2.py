@@ -21,8 +21,7 @@ import re
 from pathlib import Path
 
 from .datamodule import VideoDataModule
-from .datasets import VideoRecord
-from .kinetics import ListFileError
+from .datasets import ListFileError, VideoRecord
 
 __all__ = ["SSv2DataModule", "mirrored_name"]
 

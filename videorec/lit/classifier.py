@@ -30,7 +30,8 @@ class VideoClassifier(L.LightningModule):
     """Video classification system.
 
     Args:
-        backbone: registry name of the model (see ``videorec.models.list_models``).
+        model_name: registry name of the backbone (see ``videorec.models.list_models``); the module itself is
+            ``self.backbone``. Checkpoints written when this argument was called ``backbone`` load as they are.
         num_classes: number of classes.
         backbone_kwargs: architecture overrides for ``create_model`` (``num_frames``, ``img_size``, ...).
         pretrained: checkpoint to initialise the backbone from (any supported format). Not re-read when a
@@ -57,7 +58,7 @@ class VideoClassifier(L.LightningModule):
 
     def __init__(
         self,
-        backbone: str = "uniformer_tiny",
+        model_name: str = "uniformer_tiny",
         num_classes: int = 8,
         backbone_kwargs: dict[str, Any] | None = None,
         pretrained: str | None = None,
@@ -75,15 +76,20 @@ class VideoClassifier(L.LightningModule):
         grad_checkpointing: bool = False,
         channels_last: bool = False,
         layer_decay: float | None = None,
+        **renamed: Any,
     ) -> None:
         super().__init__()
+        if "backbone" in renamed:  # the argument's former name, kept in older checkpoints' hyperparameters
+            model_name = renamed.pop("backbone")
+        if renamed:
+            raise TypeError(f"VideoClassifier got unexpected arguments: {', '.join(sorted(renamed))}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} entries but num_classes is {num_classes}")
         if layer_decay is not None and not 0 < layer_decay <= 1:
             raise ValueError(f"module.layer_decay must be in (0, 1], got {layer_decay}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["renamed"])
         self.backbone = create_model(
-            backbone, num_classes=num_classes, pretrained=pretrained, inflate=inflate, **(backbone_kwargs or {})
+            model_name, num_classes=num_classes, pretrained=pretrained, inflate=inflate, **(backbone_kwargs or {})
         )
         self.backbone.set_grad_checkpointing(grad_checkpointing)
         if channels_last:
@@ -137,7 +143,7 @@ class VideoClassifier(L.LightningModule):
         if self._flops_per_clip is None:
             hp = self.hparams
             with torch.device("meta"):
-                meta = create_model(hp.backbone, num_classes=hp.num_classes, **(hp.backbone_kwargs or {})).eval()
+                meta = create_model(hp.model_name, num_classes=hp.num_classes, **(hp.backbone_kwargs or {})).eval()
                 clip = torch.zeros(1, 3, *self._input_size())
             with torch.no_grad(), flop_counter(display=False) as counter:
                 meta(clip)

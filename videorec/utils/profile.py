@@ -1,4 +1,4 @@
-"""Parameter and FLOP counting with the conventions of REFERENCES.md (one multiply-add = one FLOP), and a
+"""Parameter and FLOP counting with the papers' convention (one multiply-add = one FLOP, as fvcore counts), and a
 deterministic peak-memory meter for CPU forward passes."""
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
+    "load_for_inference",
     "run_name",
     "default_precision",
     "instantiate_callbacks",
@@ -82,6 +83,26 @@ def _entries(cfg: DictConfig | None, group: str) -> list[tuple[str, DictConfig]]
             raise ValueError(f"{group}.{name}: expected a mapping with a _target_ key")
         out.append((str(name), entry))
     return out
+
+
+def load_for_inference(cfg: DictConfig) -> tuple[Path, Any, DictConfig]:
+    """The checkpoint ``cfg.ckpt_path``, its ``VideoClassifier`` (on the CPU) and the data configuration to use.
+
+    The data configuration is ``cfg.data`` when the command gives ``data=<name>`` (it replaces the stored one), else the
+    one the checkpoint was trained with.
+    """
+    from ..lit import VideoClassifier  # the LightningModule pulls in the model zoo: only when needed
+
+    ckpt = Path(cfg.ckpt_path)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file")
+    model = VideoClassifier.load_from_checkpoint(ckpt, map_location="cpu")
+    if cfg.get("data") is not None:
+        return ckpt, model, cfg.data
+    stored = model.hparams.get("data_config")
+    if not stored:
+        raise ValueError(f"{ckpt}: the checkpoint stores no data configuration; pass one, e.g. data=k400 data.root=...")
+    return ckpt, model, OmegaConf.create(stored)
 
 
 def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
