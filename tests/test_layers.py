@@ -1,9 +1,18 @@
-"""The shared attention core: fused SDPA versus the explicit softmax reference, masks included."""
+"""The shared layers: the attention core (fused SDPA versus the explicit softmax reference, masks included), DropPath,
+the MLP and the block runner with activation checkpointing."""
 
 import pytest
 import torch
 
-from videorec.models.layers import Attention, DropPath, attention, drop_path_rates, use_fused_attn
+from videorec.models.layers import (
+    Attention,
+    DropPath,
+    Mlp,
+    attention,
+    checkpoint_seq,
+    drop_path_rates,
+    use_fused_attn,
+)
 
 
 @pytest.mark.parametrize("mask", [None, "float", "bool"])
@@ -62,3 +71,48 @@ def test_drop_path_rates_linear():
     r = drop_path_rates(0.2, [2, 3])
     assert len(r) == 5 and r[0] == 0 and r[-1] == pytest.approx(0.2)
     assert all(b > a for a, b in zip(r, r[1:], strict=False))
+
+
+def test_conv_mlp_is_the_linear_mlp_per_position():
+    torch.manual_seed(0)
+    linear, conv = Mlp(8, 16, 4), Mlp(8, 16, 4, use_conv=True)
+    assert list(conv.state_dict()) == list(linear.state_dict()) == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    assert isinstance(conv.fc1, torch.nn.Conv3d) and conv.fc1.kernel_size == (1, 1, 1)
+    conv.load_state_dict(
+        {k: v.reshape(*v.shape, 1, 1, 1) if v.ndim == 2 else v for k, v in linear.state_dict().items()}
+    )
+    x = torch.randn(2, 8, 3, 4, 5)  # (B, C, T, H, W)
+    torch.testing.assert_close(conv(x), linear(x.movedim(1, -1)).movedim(-1, 1), atol=1e-6, rtol=1e-5)
+
+
+class _Shift(torch.nn.Module):
+    """A block that takes an extra argument and, with ``carry``, returns a changed one for the next block."""
+
+    def __init__(self, carry: bool) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.carry = carry
+
+    def forward(self, x, scale):
+        y = self.lin(x).tanh() * scale
+        return (y, scale + 1) if self.carry else y
+
+
+@pytest.mark.parametrize("carry", [False, True])
+def test_checkpoint_seq_gives_the_same_result_and_gradients(carry):
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList(_Shift(carry) for _ in range(3))
+    x = torch.randn(2, 4)
+    outs, grads = [], []
+    for enabled in (False, True):
+        blocks.zero_grad()
+        out = checkpoint_seq(blocks, x, 2.0, enabled=enabled, carry=carry)
+        y = out[0] if carry else out
+        if carry:
+            assert out[1] == 5.0  # 2 + 1 per block
+        y.square().sum().backward()
+        outs.append(y.detach())
+        grads.append([p.grad.clone() for p in blocks.parameters()])
+    torch.testing.assert_close(outs[0], outs[1], atol=0, rtol=0)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)

@@ -3,8 +3,13 @@
 import pytest
 import torch
 
-from videorec.models import UnknownModelError, create_model, list_models, model_family
+from videorec.models import UnknownModelError, create_model, list_models, load_pretrained, model_family
 from videorec.models.layers import DropPath
+from videorec.models.mvit import MViT, model_cfgs
+from videorec.models.registry import build_variant
+from videorec.models.twins import Twins
+from videorec.models.uniformer import UniFormer
+from videorec.models.vvt import VicinityVisionTransformer
 
 TINY = list_models("*_tiny")
 
@@ -103,3 +108,81 @@ def test_unknown_override_names_the_key():
 def test_list_models_pattern():
     assert set(list_models("uniformer_*")) >= {"uniformer_s", "uniformer_b", "uniformer_tiny"}
     assert list_models("does_not_exist*") == []
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The checkpoint-filter contract: a class attribute, inherited, returning (state_dict, format_name)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class OutsideTwins(Twins):
+    """A family's subclass defined outside its family's module."""
+
+
+class OutsideMViT(MViT):
+    """An MViT subclass defined outside ``videorec.models.mvit``."""
+
+
+class OutsideVVT(VicinityVisionTransformer):
+    """A VVT subclass defined outside ``videorec.models.vvt``."""
+
+
+class DictFilterUniFormer(UniFormer):
+    """A filter that breaks the contract by returning a bare state dict."""
+
+    checkpoint_filter = staticmethod(lambda state_dict, model: state_dict)
+
+
+def _like(cls, name: str, **overrides):
+    """An instance of ``cls`` with the architecture of the registered variant ``name`` (not an MViT)."""
+    defaults = {k: v for k, v in create_model(name).default_cfg.items() if k != "architecture"}
+    return build_variant(cls, name, defaults, overrides)
+
+
+def _timm_twins_keys(sd):
+    return {k.replace(".proj.", ".proj.0.") if k.startswith("pos_block.") else k: v for k, v in sd.items()}
+
+
+def _slowfast_mvit_keys(sd):
+    return {k.replace("head.", "head.projection."): v for k, v in sd.items()}
+
+
+@pytest.mark.parametrize(
+    ("make", "source", "rename", "fmt"),
+    [
+        (lambda: _like(OutsideTwins, "twins_pcpvt_tiny"), lambda: create_model("twins_pcpvt_tiny"), _timm_twins_keys,
+         "timm-twins"),
+        (lambda: OutsideMViT(model_cfgs["mvit_tiny"].cfg, num_classes=8, num_frames=8, img_size=64),
+         lambda: create_model("mvit_tiny"), _slowfast_mvit_keys, "slowfast-mvit"),
+        (lambda: _like(OutsideVVT, "vvt_tiny", num_frames=1), lambda: create_model("vvt_tiny", num_frames=1), dict,
+         "vvt-image"),
+    ],
+    ids=["twins", "mvit", "vvt"],
+)  # fmt: skip
+def test_subclass_defined_elsewhere_keeps_its_familys_converter(tmp_path, make, source, rename, fmt):
+    torch.manual_seed(0)
+    src = source()
+    torch.save(rename(src.state_dict()), tmp_path / "src.pth")
+    model = make()
+    assert type(model).__module__ == __name__
+    report = load_pretrained(model, tmp_path / "src.pth")
+    assert report.format == fmt
+    assert report.renamed == len(set(src.state_dict()) - set(rename(src.state_dict())))  # keys the filter renamed
+    for key, value in src.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_checkpoint_filter_must_return_state_dict_and_format(tmp_path):
+    torch.save(create_model("uniformer_tiny").state_dict(), tmp_path / "src.pth")
+    model = _like(DictFilterUniFormer, "uniformer_tiny")
+    with pytest.raises(
+        TypeError, match=r"DictFilterUniFormer.checkpoint_filter must return \(state_dict, format_name\)"
+    ):
+        load_pretrained(model, tmp_path / "src.pth")
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_own_checkpoint_is_the_familys_format(tmp_path, name):
+    torch.save(create_model(name).state_dict(), tmp_path / "own.pth")
+    report = load_pretrained(create_model(name), tmp_path / "own.pth")
+    assert report.format == model_family(name) and report.renamed == 0 and not report.inflated

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from conftest import load_script
 
 from videorec.models import CheckpointError, create_model, list_models
-from videorec.models.mvit import MViT, block_cfgs, model_cfgs, resize_rel_pos
+from videorec.models.mvit import MViT, MViTCfg, block_cfgs, model_cfgs, resize_rel_pos
 from videorec.utils.profile import count_gflops, count_params
 
 VARIANTS = ["mvit_b", "mvit_b_32x3", "mvitv2_s", "mvitv2_b", "mvit_tiny"]
@@ -314,6 +315,25 @@ def test_clear_errors():
         create_model("mvit_tiny", stage_starts=(1, 9))
     with pytest.raises(TypeError, match="mvit_tiny: unknown override"):
         create_model("mvit_tiny", window_size=7)
+
+
+def test_model_takes_its_config_dataclass():
+    """``MViT(cfg, ...)`` builds the variant; overrides naming a config field replace it (lists become tuples)."""
+    cfg = model_cfgs["mvit_tiny"].cfg
+    torch.manual_seed(0)
+    direct = MViT(cfg, num_classes=8, num_frames=8, img_size=64, head_drop=0.0, global_pool="avg")
+    torch.manual_seed(0)
+    registered = create_model("mvit_tiny")
+    assert direct.cfg == registered.cfg == cfg
+    sd = registered.state_dict()
+    assert list(direct.state_dict()) == list(sd)
+    assert all(torch.equal(v, sd[k]) for k, v in direct.state_dict().items())
+    model = create_model("mvit_tiny", kv_stride=[1, 2, 2], stage_starts=[1, 2], num_frames=4)
+    assert model.cfg == dataclasses.replace(cfg, kv_stride=(1, 2, 2), stage_starts=(1, 2))
+    assert model.num_frames == 4 and model.default_cfg["kv_stride"] == (1, 4, 4)  # the variant's, as registered
+    assert MViTCfg(q_stride=2).q_stride == (2, 2, 2)
+    with pytest.raises(TypeError, match=r"mvit_tiny: unknown override\(s\) \['cfg'\]"):
+        create_model("mvit_tiny", cfg=cfg)
 
 
 # --------------------------------------------------------------------------------------------------------------------

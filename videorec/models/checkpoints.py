@@ -5,8 +5,9 @@ The pipeline of :func:`load_pretrained`:
 1. :func:`read_state_dict` loads the file with ``weights_only=True`` and unwraps the container: our Lightning
    checkpoints (``state_dict`` with a ``backbone.`` prefix), PySlowFast / pytorchvideo ``.pyth`` files
    (``model_state``), official UniFormer files (``model``), DDP ``module.`` prefixes, or a bare state dict.
-2. The family's ``checkpoint_filter_fn(state_dict, model)`` (a module-level function in the model's file, as in
-   timm) renames foreign keys and resizes position tables. It may return ``(state_dict, format_name)``.
+2. The family's converter, the model class's ``checkpoint_filter`` attribute (a :data:`CheckpointFilter`; subclasses
+   inherit it), renames foreign keys and resizes position tables and returns ``(state_dict, format_name)``. A family
+   whose checkpoints carry its own names uses :func:`own_keys_filter`; a model without the attribute loads as is.
 3. :func:`adapt_state_dict` inflates 2D kernels (or 3D kernels with one temporal tap) to 3D (``"mean"`` or
    ``"center"``), drops a classifier of another size with a warning, and raises an error naming every key that still
    does not fit.
@@ -15,8 +16,8 @@ The pipeline of :func:`load_pretrained`:
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,9 @@ import torch.nn as nn
 
 __all__ = [
     "CheckpointError",
+    "CheckpointFilter",
+    "own_keys_filter",
+    "is_image_checkpoint",
     "LoadReport",
     "read_state_dict",
     "adapt_state_dict",
@@ -37,6 +41,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INFLATE_MODES = ("mean", "center")
+
+CheckpointFilter = Callable[[dict[str, torch.Tensor], nn.Module], tuple[dict[str, torch.Tensor], str]]
+"""A family's converter: ``(state_dict, model) -> (state_dict, format_name)``, the state dict in the family's key
+names (renamed, position tables resized to the model) and the name of the format it was found in. Set on the model
+class as ``checkpoint_filter = staticmethod(fn)``."""
 
 
 class CheckpointError(RuntimeError):
@@ -190,21 +199,39 @@ def _abbrev(keys: list[str], n: int = 12) -> str:
     return shown + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
 
 
+def is_image_checkpoint(state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict holds an image model's weights: it has conv kernels and none with more than one temporal
+    tap (2D kernels, or 3D ones built with ``num_frames=1``)."""
+    kernels = [v for v in state_dict.values() if v.ndim in (4, 5)]
+    return bool(kernels) and all(v.ndim == 4 or v.shape[2] == 1 for v in kernels)
+
+
+def own_keys_filter(name: str) -> CheckpointFilter:
+    """The filter of a family whose checkpoints carry its own key names: nothing is renamed, and the format is
+    ``name``, or ``name-image`` for an image model's weights (whose kernels the loader then inflates)."""
+
+    def checkpoint_filter(state_dict: dict[str, torch.Tensor], model: nn.Module) -> tuple[dict[str, torch.Tensor], str]:
+        return state_dict, f"{name}-image" if is_image_checkpoint(state_dict) else name
+
+    checkpoint_filter.__qualname__ = checkpoint_filter.__name__ = f"{name}_checkpoint_filter"
+    return checkpoint_filter
+
+
 def load_pretrained(model: nn.Module, path: str | Path, inflate: str | None = None) -> LoadReport:
     """Load a checkpoint of any supported format into ``model`` (in place) and return a :class:`LoadReport`."""
     state_dict, fmt = read_state_dict(path)
     report = LoadReport(path=str(path), format=fmt)
-    module = sys.modules[type(model).__module__]
-    filter_fn = getattr(module, "checkpoint_filter_fn", None)
+    filter_fn: CheckpointFilter | None = getattr(type(model), "checkpoint_filter", None)
     if filter_fn is not None:
         before = set(state_dict)
         result = filter_fn(state_dict, model)
-        if isinstance(result, tuple):
-            state_dict, family_fmt = result
-            if family_fmt:
-                report.format = f"{family_fmt} ({fmt})" if fmt != "state_dict" else family_fmt
-        else:
-            state_dict = result
+        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str)):
+            raise TypeError(
+                f"{type(model).__name__}.checkpoint_filter must return (state_dict, format_name), "
+                f"got {type(result).__name__}"
+            )
+        state_dict, family_fmt = result
+        report.format = f"{family_fmt} ({fmt})" if fmt != "state_dict" else family_fmt
         report.renamed = len(set(state_dict) - before)
     mode = inflate or getattr(model, "default_inflate", "mean")
     state_dict = adapt_state_dict(state_dict, model, inflate=mode, report=report, source=str(path))

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint as torch_checkpoint
+
+if TYPE_CHECKING:
+    from .checkpoints import CheckpointFilter
 
 __all__ = [
     "use_fused_attn",
     "attention",
     "Attention",
     "Mlp",
-    "ConvMlp3d",
     "DropPath",
     "drop_path_rates",
     "channels_last_weights",
@@ -31,6 +36,7 @@ __all__ = [
     "as_video",
     "trunc_normal_init",
     "BackboneMixin",
+    "checkpoint_seq",
     "GLOBAL_POOLS",
     "check_global_pool",
     "global_pool_tokens",
@@ -116,7 +122,8 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Two linear layers with an activation between them, on (..., C)."""
+    """Two linear layers with an activation between them, on (..., C); with ``use_conv`` they are 1x1x1
+    convolutions on (B, C, T, H, W). Either way the layers are named ``fc1`` and ``fc2``."""
 
     def __init__(
         self,
@@ -125,36 +132,15 @@ class Mlp(nn.Module):
         out_features: int | None = None,
         act_layer: type[nn.Module] = nn.GELU,
         drop: float = 0.0,
+        use_conv: bool = False,
     ) -> None:
         super().__init__()
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        linear = partial(nn.Conv3d, kernel_size=1) if use_conv else nn.Linear
+        self.fc1 = linear(in_features, hidden_features)
         self.act = act_layer()
-        self.fc2 = nn.Linear(hidden_features, out_features)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-class ConvMlp3d(nn.Module):
-    """The MLP as 1x1x1 convolutions on (B, C, T, H, W)."""
-
-    def __init__(
-        self,
-        in_features: int,
-        hidden_features: int | None = None,
-        out_features: int | None = None,
-        act_layer: type[nn.Module] = nn.GELU,
-        drop: float = 0.0,
-    ) -> None:
-        super().__init__()
-        hidden_features = hidden_features or in_features
-        out_features = out_features or in_features
-        self.fc1 = nn.Conv3d(in_features, hidden_features, 1)
-        self.act = act_layer()
-        self.fc2 = nn.Conv3d(hidden_features, out_features, 1)
+        self.fc2 = linear(hidden_features, out_features)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -327,25 +313,72 @@ def global_pool_tokens(x: torch.Tensor, global_pool: str = "avg") -> torch.Tenso
     raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
 
 
+def checkpoint_seq(blocks: Iterable[nn.Module], x: torch.Tensor, *args, enabled: bool = False, carry: bool = False):
+    """Run ``blocks`` in order, ``x = blk(x, *args)``, each call through activation checkpointing when ``enabled``.
+
+    With checkpointing a block's activations are recomputed in the backward pass instead of being kept
+    (``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``); the result and the gradients are the same.
+    Callers pass ``enabled=self.grad_checkpointing and self.training``.
+
+    Args:
+        blocks: the blocks.
+        x: the input of the first block.
+        *args: further arguments of every block (a token grid, for instance).
+        enabled: checkpoint every call (ignored while TorchScript compiles).
+        carry: every block returns ``(x, *args)``, the inputs of the next one (a block that changes the token grid);
+            the function then returns that tuple of the last block.
+    """
+    enabled = enabled and not torch.jit.is_scripting()
+    for blk in blocks:
+        out = torch_checkpoint.checkpoint(blk, x, *args, use_reentrant=False) if enabled else blk(x, *args)
+        if carry:
+            x, *args = out
+        else:
+            x = out
+    return (x, *args) if carry else x
+
+
 class BackboneMixin:
     """The uniform model API shared by every family (timm-style), for models with a linear ``head``.
 
-    The model sets ``num_classes``, ``num_features``, ``head``, ``head_drop``, ``global_pool`` and
-    ``grad_checkpointing`` and implements ``forward_features`` returning (B, C, T', H', W') features; families with
-    other features override :meth:`forward_head`.
+    The model sets ``num_features`` and ``global_pool``, builds its classifier with :meth:`init_head` and implements
+    ``forward_features`` returning (B, C, T', H', W') features; families with other features override
+    :meth:`forward_head`. Blocks run through :func:`checkpoint_seq` with ``enabled=self.grad_checkpointing and
+    self.training``.
+
+    Class attributes read by :func:`videorec.models.checkpoints.load_pretrained`: ``classifier_keys`` (the state-dict
+    prefixes of the classifier, dropped when a checkpoint's has another size), ``default_inflate`` (the 2D -> 3D kernel
+    inflation) and ``checkpoint_filter`` (the family's converter, a
+    :data:`~videorec.models.checkpoints.CheckpointFilter`; None loads state dicts as they are).
     """
 
     global_pool: str = "avg"
+    grad_checkpointing: bool = False
+    classifier_keys: ClassVar[tuple[str, ...]] = ("head.",)
+    default_inflate: ClassVar[str] = "mean"
+    checkpoint_filter: ClassVar[CheckpointFilter | None] = None
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
+        """Switch activation checkpointing on the model and on every submodule with its own ``grad_checkpointing``."""
+        for m in self.modules():  # the model first
+            if hasattr(m, "grad_checkpointing"):
+                m.grad_checkpointing = enable
+
+    def init_head(self, num_classes: int, head_drop: float = 0.0) -> None:
+        """Build the classifier on ``num_features``: dropout, then a linear layer (none when ``num_classes`` is 0)."""
+        self.num_classes = num_classes
+        self.head_drop = nn.Dropout(head_drop)
+        self.head = self._new_head(num_classes)
+
+    def _new_head(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def get_classifier(self) -> nn.Module:
         return self.head
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = self._new_head(num_classes)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = global_pool_tokens(x, self.global_pool)  # over T'H'W' -> (B, C')

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as torch_checkpoint
 
 from .checkpoints import CheckpointError
 from .layers import (
@@ -41,6 +40,7 @@ from .layers import (
     PatchEmbed3d,
     as_video,
     attention,
+    checkpoint_seq,
     drop_path_rates,
     to_3tuple,
     trunc_normal_init,
@@ -97,6 +97,12 @@ class MViTCfg:
     patch_kernel: Size3 = (3, 7, 7)
     patch_stride: Size3 = (2, 4, 4)
     patch_padding: Size3 = (1, 3, 3)
+
+    def __post_init__(self) -> None:
+        # sizes given as lists (a config file) or one int become tuples
+        object.__setattr__(self, "stage_starts", tuple(self.stage_starts))
+        for name in ("q_stride", "kv_stride", "pool_kernel", "patch_kernel", "patch_stride", "patch_padding"):
+            object.__setattr__(self, name, to_3tuple(getattr(self, name)))
 
 
 @dataclass(frozen=True)
@@ -473,202 +479,6 @@ class MultiScaleBlock(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Model
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class MViT(BackboneMixin, nn.Module):
-    """MViT v1 / v2 video classifier (class-token head).
-
-    Architecture arguments mirror :class:`MViTCfg` (see there); the rest:
-
-    Args:
-        num_classes: classifier size (0 for a feature extractor).
-        num_frames: frames per clip the position tables are built for.
-        img_size: square input resolution the position tables are built for.
-        in_chans: input channels.
-        qkv_bias: bias on the qkv projections.
-        drop_rate: dropout after projections and in MLPs.
-        attn_drop_rate: attention dropout.
-        drop_path_rate: stochastic depth, growing linearly over the blocks.
-        head_drop: dropout before the classifier.
-        norm_eps: epsilon of the block and final LayerNorms.
-        pool_norm_eps: epsilon of the LayerNorms after Q/K/V pooling (1e-6 as torchvision and PySlowFast v2;
-            pytorchvideo and the original v1 code used 1e-5).
-        global_pool: ``"token"`` classifies the class token (the published models); ``"avg"`` the mean of the
-            normalised space-time tokens (PySlowFast's mean pooling).
-    """
-
-    classifier_keys = ("head.",)
-    default_inflate = "center"  # a 2D patch kernel sees the centre frame only
-
-    def __init__(
-        self,
-        num_classes: int = 400,
-        num_frames: int = 16,
-        img_size: int | Sequence[int] = 224,
-        in_chans: int = 3,
-        depth: int = 16,
-        embed_dim: int = 96,
-        num_heads: int = 1,
-        stage_starts: Sequence[int] = (1, 3, 14),
-        q_stride: Sequence[int] = (1, 2, 2),
-        kv_stride: Sequence[int] = (1, 8, 8),
-        pool_kernel: Sequence[int] = (3, 3, 3),
-        pool_q_every_block: bool = False,
-        expand_in_attn: bool = False,
-        rel_pos: bool = False,
-        abs_pos: bool = True,
-        residual_pool: bool = False,
-        mlp_ratio: float = 4.0,
-        patch_kernel: Sequence[int] = (3, 7, 7),
-        patch_stride: Sequence[int] = (2, 4, 4),
-        patch_padding: Sequence[int] = (1, 3, 3),
-        qkv_bias: bool = True,
-        drop_rate: float = 0.0,
-        attn_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-        head_drop: float = 0.5,
-        norm_eps: float = 1e-6,
-        pool_norm_eps: float = 1e-6,
-        global_pool: str = "token",
-    ) -> None:
-        super().__init__()
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"MViT: global_pool must be 'token' or 'avg', got {global_pool!r}")
-        self.global_pool = global_pool
-        self.cfg = MViTCfg(
-            depth=depth,
-            embed_dim=embed_dim,
-            num_heads=num_heads,
-            stage_starts=tuple(stage_starts),
-            q_stride=to_3tuple(q_stride),
-            kv_stride=to_3tuple(kv_stride),
-            pool_kernel=to_3tuple(pool_kernel),
-            pool_q_every_block=pool_q_every_block,
-            expand_in_attn=expand_in_attn,
-            rel_pos=rel_pos,
-            abs_pos=abs_pos,
-            residual_pool=residual_pool,
-            mlp_ratio=mlp_ratio,
-            patch_kernel=to_3tuple(patch_kernel),
-            patch_stride=to_3tuple(patch_stride),
-            patch_padding=to_3tuple(patch_padding),
-        )
-        img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        if num_frames < 1 or min(img_hw) < 1:
-            raise ValueError(f"MViT: num_frames and img_size must be positive, got {num_frames} and {img_size}")
-        self.num_classes = num_classes
-        self.num_frames = num_frames
-        self.img_size = img_hw
-        self.grad_checkpointing = False
-        self.blocks_cfg = block_cfgs(self.cfg)
-        c = self.cfg
-
-        self.patch_embed = PatchEmbed3d(
-            in_chans, embed_dim, c.patch_kernel, stride=c.patch_stride, padding=c.patch_padding, norm=False
-        )
-        self.patch_grid = _conv_out((num_frames, *img_hw), c.patch_kernel, c.patch_stride, c.patch_padding)
-        if min(self.patch_grid) < 1:
-            raise ValueError(
-                f"MViT: input {num_frames}x{img_hw[0]}x{img_hw[1]} is smaller than the patch kernel {c.patch_kernel}"
-            )
-        T, H, W = self.patch_grid
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        if abs_pos:
-            self.pos_embed_spatial = nn.Parameter(torch.zeros(1, H * W, embed_dim))
-            self.pos_embed_temporal = nn.Parameter(torch.zeros(1, T, embed_dim))
-            self.pos_embed_class = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_drop = nn.Dropout(drop_rate)
-
-        dpr = drop_path_rates(drop_path_rate, depth)
-        self.blocks = nn.ModuleList()
-        grid = nominal = self.patch_grid  # the real token grid; the nominal one (floor division) sizes the tables
-        for i, bc in enumerate(self.blocks_cfg):
-            self.blocks.append(
-                MultiScaleBlock(
-                    bc,
-                    input_size=nominal,
-                    mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias,
-                    rel_pos=rel_pos,
-                    residual_pool=residual_pool,
-                    drop=drop_rate,
-                    attn_drop=attn_drop_rate,
-                    drop_path=dpr[i],
-                    norm_eps=norm_eps,
-                    pool_norm_eps=pool_norm_eps,
-                )
-            )
-            grid = _pooled(grid, bc.kernel_q, bc.stride_q)
-            nominal = tuple(n // st for n, st in zip(nominal, bc.stride_q, strict=True))  # type: ignore[assignment]
-        self.feature_grid = grid
-        self.num_features = self.blocks_cfg[-1].dim_out
-        self.norm = nn.LayerNorm(self.num_features, eps=norm_eps)
-        self.head_drop = nn.Dropout(head_drop)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-        self.apply(self._init_weights)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        if abs_pos:
-            for p in (self.pos_embed_spatial, self.pos_embed_temporal, self.pos_embed_class):
-                nn.init.trunc_normal_(p, std=0.02)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear | nn.LayerNorm):
-            trunc_normal_init(m)
-
-    # --- timm-style uniform API ---
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names excluded from weight decay: class token, position embeddings and relative tables."""
-        keys = ("cls_token", "pos_embed_spatial", "pos_embed_temporal", "pos_embed_class", "rel_pos_")
-        return {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1].startswith(keys)}
-
-    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
-        """Regexes grouping parameters for layer-wise learning-rate decay (stem, then one group per block)."""
-        return {"stem": r"^cls_token|^pos_embed|^patch_embed", "blocks": r"^blocks\.(\d+)"}
-
-    def reset_classifier(self, num_classes: int) -> None:
-        super().reset_classifier(num_classes)
-        if num_classes > 0:
-            trunc_normal_init(self.head)
-
-    def _pos_embed(self, x: torch.Tensor, thw: Size3) -> torch.Tensor:
-        """Prepend the class token and add the separable position embedding: (B, THW, C) -> (B, 1 + THW, C)."""
-        B, _, C = x.shape
-        cls_tok = self.cls_token.expand(B, -1, -1)
-        if not self.cfg.abs_pos:
-            return torch.cat((cls_tok, x), dim=1)
-        T, H, W = thw
-        spatial = resize_pos_embed_spatial(self.pos_embed_spatial, self.patch_grid[1:], (H, W))  # (1, HW, C)
-        temporal = resize_pos_embed_temporal(self.pos_embed_temporal, T)  # (1, T, C)
-        # (1, 1, HW, C) + (1, T, 1, C) -> (1, THW, C)
-        pos = (spatial.unsqueeze(1) + temporal.unsqueeze(2)).reshape(1, T * H * W, C)
-        return torch.cat((cls_tok + self.pos_embed_class, x + pos), dim=1)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, T, H, W) or (B, C, H, W) -> normalised tokens (B, 1 + T'H'W', C'), class token first."""
-        x = as_video(x)
-        x = self.patch_embed(x)  # (B, C, T', H', W')
-        thw: Size3 = tuple(x.shape[2:])  # type: ignore[assignment]
-        x = x.flatten(2).transpose(1, 2)  # (B, C, T', H', W') -> (B, T'H'W', C)
-        x = self.pos_drop(self._pos_embed(x, thw))
-        for blk in self.blocks:
-            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-                x, thw = torch_checkpoint.checkpoint(blk, x, thw, use_reentrant=False)
-            else:
-                x, thw = blk(x, thw)
-        return self.norm(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """(B, 1 + N, C) tokens from :meth:`forward_features` -> (B, num_classes), or (B, C) with ``pre_logits``."""
-        x = x[:, 0] if self.global_pool == "token" else x[:, 1:].mean(1)  # (B, C)
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Checkpoint conversion
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -781,6 +591,161 @@ def _resize_positions(sd: dict[str, torch.Tensor], model: MViT) -> dict[str, tor
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MViT(BackboneMixin, nn.Module):
+    """MViT v1 / v2 video classifier (class-token head).
+
+    Args:
+        cfg: the architecture (see :class:`MViTCfg`); None is its defaults, MViT-B.
+        num_classes: classifier size (0 for a feature extractor).
+        num_frames: frames per clip the position tables are built for.
+        img_size: square input resolution the position tables are built for.
+        in_chans: input channels.
+        qkv_bias: bias on the qkv projections.
+        drop_rate: dropout after projections and in MLPs.
+        attn_drop_rate: attention dropout.
+        drop_path_rate: stochastic depth, growing linearly over the blocks.
+        head_drop: dropout before the classifier.
+        norm_eps: epsilon of the block and final LayerNorms.
+        pool_norm_eps: epsilon of the LayerNorms after Q/K/V pooling (1e-6 as torchvision and PySlowFast v2;
+            pytorchvideo and the original v1 code used 1e-5).
+        global_pool: ``"token"`` classifies the class token (the published models); ``"avg"`` the mean of the
+            normalised space-time tokens (PySlowFast's mean pooling).
+    """
+
+    default_inflate = "center"  # a 2D patch kernel sees the centre frame only
+    checkpoint_filter = staticmethod(checkpoint_filter_fn)
+
+    def __init__(
+        self,
+        cfg: MViTCfg | None = None,
+        num_classes: int = 400,
+        num_frames: int = 16,
+        img_size: int | Sequence[int] = 224,
+        in_chans: int = 3,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        head_drop: float = 0.5,
+        norm_eps: float = 1e-6,
+        pool_norm_eps: float = 1e-6,
+        global_pool: str = "token",
+    ) -> None:
+        super().__init__()
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"MViT: global_pool must be 'token' or 'avg', got {global_pool!r}")
+        self.global_pool = global_pool
+        self.cfg = c = MViTCfg() if cfg is None else cfg
+        img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if num_frames < 1 or min(img_hw) < 1:
+            raise ValueError(f"MViT: num_frames and img_size must be positive, got {num_frames} and {img_size}")
+        self.num_frames = num_frames
+        self.img_size = img_hw
+        self.blocks_cfg = block_cfgs(c)
+
+        self.patch_embed = PatchEmbed3d(
+            in_chans, c.embed_dim, c.patch_kernel, stride=c.patch_stride, padding=c.patch_padding, norm=False
+        )
+        self.patch_grid = _conv_out((num_frames, *img_hw), c.patch_kernel, c.patch_stride, c.patch_padding)
+        if min(self.patch_grid) < 1:
+            raise ValueError(
+                f"MViT: input {num_frames}x{img_hw[0]}x{img_hw[1]} is smaller than the patch kernel {c.patch_kernel}"
+            )
+        T, H, W = self.patch_grid
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
+        if c.abs_pos:
+            self.pos_embed_spatial = nn.Parameter(torch.zeros(1, H * W, c.embed_dim))
+            self.pos_embed_temporal = nn.Parameter(torch.zeros(1, T, c.embed_dim))
+            self.pos_embed_class = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        dpr = drop_path_rates(drop_path_rate, c.depth)
+        self.blocks = nn.ModuleList()
+        grid = nominal = self.patch_grid  # the real token grid; the nominal one (floor division) sizes the tables
+        for i, bc in enumerate(self.blocks_cfg):
+            self.blocks.append(
+                MultiScaleBlock(
+                    bc,
+                    input_size=nominal,
+                    mlp_ratio=c.mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    rel_pos=c.rel_pos,
+                    residual_pool=c.residual_pool,
+                    drop=drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=dpr[i],
+                    norm_eps=norm_eps,
+                    pool_norm_eps=pool_norm_eps,
+                )
+            )
+            grid = _pooled(grid, bc.kernel_q, bc.stride_q)
+            nominal = tuple(n // st for n, st in zip(nominal, bc.stride_q, strict=True))  # type: ignore[assignment]
+        self.feature_grid = grid
+        self.num_features = self.blocks_cfg[-1].dim_out
+        self.norm = nn.LayerNorm(self.num_features, eps=norm_eps)
+        self.init_head(num_classes, head_drop)
+
+        self.apply(self._init_weights)
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if c.abs_pos:
+            for p in (self.pos_embed_spatial, self.pos_embed_temporal, self.pos_embed_class):
+                nn.init.trunc_normal_(p, std=0.02)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear | nn.LayerNorm):
+            trunc_normal_init(m)
+
+    # --- timm-style uniform API ---
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names excluded from weight decay: class token, position embeddings and relative tables."""
+        keys = ("cls_token", "pos_embed_spatial", "pos_embed_temporal", "pos_embed_class", "rel_pos_")
+        return {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1].startswith(keys)}
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Regexes grouping parameters for layer-wise learning-rate decay (stem, then one group per block)."""
+        return {"stem": r"^cls_token|^pos_embed|^patch_embed", "blocks": r"^blocks\.(\d+)"}
+
+    def reset_classifier(self, num_classes: int) -> None:
+        super().reset_classifier(num_classes)
+        if num_classes > 0:
+            trunc_normal_init(self.head)
+
+    def _pos_embed(self, x: torch.Tensor, thw: Size3) -> torch.Tensor:
+        """Prepend the class token and add the separable position embedding: (B, THW, C) -> (B, 1 + THW, C)."""
+        B, _, C = x.shape
+        cls_tok = self.cls_token.expand(B, -1, -1)
+        if not self.cfg.abs_pos:
+            return torch.cat((cls_tok, x), dim=1)
+        T, H, W = thw
+        spatial = resize_pos_embed_spatial(self.pos_embed_spatial, self.patch_grid[1:], (H, W))  # (1, HW, C)
+        temporal = resize_pos_embed_temporal(self.pos_embed_temporal, T)  # (1, T, C)
+        # (1, 1, HW, C) + (1, T, 1, C) -> (1, THW, C)
+        pos = (spatial.unsqueeze(1) + temporal.unsqueeze(2)).reshape(1, T * H * W, C)
+        return torch.cat((cls_tok + self.pos_embed_class, x + pos), dim=1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) or (B, C, H, W) -> normalised tokens (B, 1 + T'H'W', C'), class token first."""
+        x = as_video(x)
+        x = self.patch_embed(x)  # (B, C, T', H', W')
+        thw: Size3 = tuple(x.shape[2:])  # type: ignore[assignment]
+        x = x.flatten(2).transpose(1, 2)  # (B, C, T', H', W') -> (B, T'H'W', C)
+        x = self.pos_drop(self._pos_embed(x, thw))
+        x, thw = checkpoint_seq(self.blocks, x, thw, enabled=self.grad_checkpointing and self.training, carry=True)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, 1 + N, C) tokens from :meth:`forward_features` -> (B, num_classes), or (B, C) with ``pre_logits``."""
+        x = x[:, 0] if self.global_pool == "token" else x[:, 1:].mean(1)  # (B, C)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Variants
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -807,13 +772,9 @@ model_cfgs: dict[str, _Variant] = {
 }
 
 
-def _cfg_kwargs(cfg: MViTCfg) -> dict:
-    return {f: getattr(cfg, f) for f in MViTCfg.__dataclass_fields__}
-
-
 def _create(variant: str, overrides: dict) -> MViT:
     v = model_cfgs[variant]
-    return build_variant(MViT, variant, {**_cfg_kwargs(v.cfg), **v.defaults}, overrides)
+    return build_variant(MViT, variant, v.defaults, overrides, cfg=v.cfg)
 
 
 @register_model

@@ -7,10 +7,12 @@ maps ``(B, C, T, H, W)`` video to ``(B, num_classes)`` logits.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import inspect
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch.nn as nn
 
@@ -100,17 +102,29 @@ def create_model(
     return model
 
 
-def build_variant(cls: type[nn.Module], variant: str, defaults: dict, overrides: dict) -> nn.Module:
+def build_variant(
+    cls: type[nn.Module], variant: str, defaults: dict, overrides: dict, cfg: Any | None = None
+) -> nn.Module:
     """Instantiate ``cls`` with a variant's architecture ``defaults`` updated by the caller's ``overrides``.
 
-    An override that ``cls`` does not accept is an error that names it and lists the accepted keys.
+    A family whose architecture is a config dataclass (MViT) passes the variant's ``cfg``: overrides that name one of
+    its fields replace them (``dataclasses.replace``) and the model is built as ``cls(cfg, **rest)``. An override that
+    is neither an argument of ``cls`` nor a field of ``cfg`` is an error that names it and lists the accepted keys.
     """
     params = inspect.signature(cls.__init__).parameters
+    fields = {f.name for f in dataclasses.fields(cfg)} if cfg is not None else set()
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(k for k in overrides if k not in params)
+        own = {"self", "cfg"} if cfg is not None else {"self"}  # filled in here, not by the caller
+        accepted = (set(params) - own) | fields
+        unknown = sorted(k for k in overrides if k not in accepted)
         if unknown:
-            allowed = sorted(k for k in params if k != "self")
-            raise TypeError(f"{variant}: unknown override(s) {unknown}; accepted: {allowed}")
-    model = cls(**{**defaults, **overrides})
-    model.default_cfg = {"architecture": variant, **defaults}
+            raise TypeError(f"{variant}: unknown override(s) {unknown}; accepted: {sorted(accepted)}")
+    kwargs = {**defaults, **overrides}
+    if cfg is None:
+        model = cls(**kwargs)
+        model.default_cfg = {"architecture": variant, **defaults}
+        return model
+    changes = {k: kwargs.pop(k) for k in fields & kwargs.keys()}
+    model = cls(dataclasses.replace(cfg, **changes), **kwargs)
+    model.default_cfg = {"architecture": variant, **dataclasses.asdict(cfg), **defaults}
     return model

@@ -42,7 +42,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as torch_checkpoint
 
 from .layers import (
     BackboneMixin,
@@ -51,6 +50,7 @@ from .layers import (
     as_video,
     attention,
     check_global_pool,
+    checkpoint_seq,
     drop_path_rates,
     to_3tuple,
     trunc_normal_init,
@@ -340,6 +340,23 @@ def _per_stage(value: int | Sequence, name: str) -> list:
     return values
 
 
+_TIMM_PEG = re.compile(r"^pos_block\.(\d+)\.proj\.0\.")
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Twins) -> tuple[dict, str]:
+    """Convert timm Twins state dicts (2D, ``pos_block.i.proj.0.*``) to our names; ours pass through.
+
+    2D kernels (patch embeddings, sub-sampling convs, PEGs) are inflated to 3D afterwards by the generic loader.
+    """
+    out, renamed = {}, False
+    for key, value in state_dict.items():
+        new = _TIMM_PEG.sub(r"pos_block.\1.proj.", key)
+        renamed |= new != key
+        out[new] = value
+    is_2d = out.get("patch_embeds.0.proj.weight", torch.empty(0, 0, 0, 0, 0)).ndim == 4
+    return out, "timm-twins" if renamed or is_2d else "twins"
+
+
 class Twins(BackboneMixin, nn.Module):
     """Spatiotemporal Twins-PCPVT (``window_sizes=None``) or Twins-SVT (LSA windows per stage) with a linear head.
 
@@ -370,7 +387,6 @@ class Twins(BackboneMixin, nn.Module):
             ``"avgmax"`` (see :func:`~videorec.models.layers.global_pool_tokens`).
     """
 
-    classifier_keys = ("head.",)
     # "center": at initialisation every token frame is the image model's response to one input frame, whatever the
     # temporal padding (the pretrained features start intact; time mixing is learnt). "mean" (also exact on one
     # frame here) blurs tubelets, sub-sampling and PEGs over time and, with zero padding, dims the border frames.
@@ -378,6 +394,7 @@ class Twins(BackboneMixin, nn.Module):
     # embedded dataset by scripts/inflation_experiment.py (2D pre-training, then 6 fine-tuning epochs, 5 seeds):
     # "center" 45.6% +- 3.7 best top-1 on average and best in 3 seeds, "mean" 35.5% +- 15.9, random init 29.9%.
     default_inflate = "center"
+    checkpoint_filter = staticmethod(checkpoint_filter_fn)
 
     def __init__(
         self,
@@ -432,13 +449,11 @@ class Twins(BackboneMixin, nn.Module):
                 (temporal_window, w, w) if isinstance(w, int) else to_3tuple(w)
                 for w in _per_stage(window_sizes, "window_sizes")
             ]
-        self.num_classes = num_classes
         self.num_frames = num_frames
         self.img_size = img_size
         self.embed_dims = embed_dims
         self.depths = depths
         self.num_features = embed_dims[-1]
-        self.grad_checkpointing = False
 
         self.patch_embeds = nn.ModuleList()
         self.pos_drops = nn.ModuleList()
@@ -474,9 +489,8 @@ class Twins(BackboneMixin, nn.Module):
             PosConv3d(d, kernel_size=peg_kernel, temporal_padding=temporal_padding) for d in embed_dims
         )
         self.norm = nn.LayerNorm(self.num_features, eps=1e-6)
-        self.head_drop = nn.Dropout(head_drop)
         self.global_pool = check_global_pool("Twins", global_pool)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_head(num_classes, head_drop)
         self.apply(trunc_normal_init)
 
     # --- timm-style uniform API ---
@@ -492,39 +506,19 @@ class Twins(BackboneMixin, nn.Module):
             raise ValueError(
                 f"Twins: input height and width must be multiples of {self.reduction}, got {tuple(x.shape[-2:])}"
             )
+        ckpt = self.grad_checkpointing and self.training
         for i, (embed, drop, blocks, peg) in enumerate(
             zip(self.patch_embeds, self.pos_drops, self.blocks, self.pos_block, strict=True)
         ):
             x, size = embed(x)  # (B, N, C)
-            x = drop(x)
-            for j, blk in enumerate(blocks):
-                if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-                    x = torch_checkpoint.checkpoint(blk, x, size, use_reentrant=False)
-                else:
-                    x = blk(x, size)
-                if j == 0:
-                    x = peg(x, size)
+            x = checkpoint_seq(blocks[:1], drop(x), size, enabled=ckpt)
+            if len(blocks):
+                x = peg(x, size)  # the PEG follows the first block of a stage
+            x = checkpoint_seq(blocks[1:], x, size, enabled=ckpt)
             if i < 3:
                 x = x.transpose(1, 2).reshape(B, -1, *size)  # (B, N, C) -> (B, C, T, H, W)
         x = self.norm(x)
         return x.transpose(1, 2).reshape(B, -1, *size)  # (B, N, C) -> (B, C, T, H, W)
-
-
-_TIMM_PEG = re.compile(r"^pos_block\.(\d+)\.proj\.0\.")
-
-
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Twins) -> tuple[dict, str]:
-    """Convert timm Twins state dicts (2D, ``pos_block.i.proj.0.*``) to our names; ours pass through.
-
-    2D kernels (patch embeddings, sub-sampling convs, PEGs) are inflated to 3D afterwards by the generic loader.
-    """
-    out, renamed = {}, False
-    for key, value in state_dict.items():
-        new = _TIMM_PEG.sub(r"pos_block.\1.proj.", key)
-        renamed |= new != key
-        out[new] = value
-    is_2d = out.get("patch_embeds.0.proj.weight", torch.empty(0, 0, 0, 0, 0)).ndim == 4
-    return out, "timm-twins" if renamed or is_2d else "twins"
 
 
 def _create(variant: str, defaults: dict, overrides: dict) -> Twins:

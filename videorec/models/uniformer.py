@@ -11,20 +11,20 @@ its 3D (PySlowFast) and 2D (ImageNet) checkpoints load without renaming; 2D kern
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import accumulate
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as torch_checkpoint
 
 from .layers import (
     Attention,
     BackboneMixin,
-    ConvMlp3d,
     DropPath,
     Mlp,
     PatchEmbed3d,
     as_video,
     check_global_pool,
+    checkpoint_seq,
     drop_path_rates,
     trunc_normal_init,
 )
@@ -46,7 +46,7 @@ class LocalBlock(nn.Module):
         self.conv2 = nn.Conv3d(dim, dim, 1)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.BatchNorm3d(dim)
-        self.mlp = ConvMlp3d(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, use_conv=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.pos_embed(x)
@@ -84,6 +84,29 @@ class GlobalBlock(nn.Module):
         return x.transpose(1, 2).reshape(B, C, T, H, W)
 
 
+def _stage_blocks(
+    dim: int,
+    dpr: Sequence[float],
+    local: bool,
+    head_dim: int,
+    mlp_ratio: float,
+    qkv_bias: bool,
+    drop: float,
+    attn_drop: float,
+) -> nn.ModuleList:
+    """The blocks of one stage, one per drop-path rate in ``dpr``: local MHRA (stages 1-2) or global MHRA (3-4)."""
+    if local:
+        return nn.ModuleList(LocalBlock(dim, mlp_ratio, drop, p) for p in dpr)
+    return nn.ModuleList(GlobalBlock(dim, dim // head_dim, mlp_ratio, qkv_bias, drop, attn_drop, p) for p in dpr)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: UniFormer) -> tuple[dict, str]:
+    """Official UniFormer checkpoints share our key names; 2D (ImageNet) kernels are inflated later, generically."""
+    is_2d = state_dict.get("patch_embed1.proj.weight", torch.empty(0, 0, 0, 0, 0)).ndim == 4
+    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("pre_logits")}
+    return state_dict, "uniformer-2d" if is_2d else "uniformer"
+
+
 class UniFormer(BackboneMixin, nn.Module):
     """UniFormer video backbone with a linear classifier.
 
@@ -106,8 +129,8 @@ class UniFormer(BackboneMixin, nn.Module):
         temporal_kernel: temporal size of the stage-1 patch embedding (stride 2 in time when > 1).
     """
 
-    classifier_keys = ("head.",)
     default_inflate = "mean"  # the official 2D -> 3D inflation
+    checkpoint_filter = staticmethod(checkpoint_filter_fn)
 
     def __init__(
         self,
@@ -136,11 +159,9 @@ class UniFormer(BackboneMixin, nn.Module):
             raise ValueError(f"UniFormer: depths and embed_dims need 4 stages, got {depths} and {embed_dims}")
         if any(d % head_dim for d in embed_dims[2:]):
             raise ValueError(f"UniFormer: global-stage dims {embed_dims[2:]} must be multiples of head_dim={head_dim}")
-        self.num_classes = num_classes
         self.num_frames = num_frames
         self.img_size = img_size
         self.num_features = embed_dims[-1]
-        self.grad_checkpointing = False
 
         t = temporal_kernel
         self.patch_embed1 = PatchEmbed3d(
@@ -152,41 +173,24 @@ class UniFormer(BackboneMixin, nn.Module):
         self.pos_drop = nn.Dropout(drop_rate)
 
         dpr = drop_path_rates(drop_path_rate, depths)
-        starts = [sum(depths[:i]) for i in range(4)]
-        self.blocks1 = nn.ModuleList(
-            LocalBlock(embed_dims[0], mlp_ratio, drop_rate, dpr[starts[0] + i]) for i in range(depths[0])
-        )
-        self.blocks2 = nn.ModuleList(
-            LocalBlock(embed_dims[1], mlp_ratio, drop_rate, dpr[starts[1] + i]) for i in range(depths[1])
-        )
-        self.blocks3 = nn.ModuleList(
-            GlobalBlock(
-                embed_dims[2],
-                embed_dims[2] // head_dim,
-                mlp_ratio,
-                qkv_bias,
-                drop_rate,
-                attn_drop_rate,
-                dpr[starts[2] + i],
+        bounds = [0, *accumulate(depths)]
+        # official names: blocks1 .. blocks4
+        self.blocks1, self.blocks2, self.blocks3, self.blocks4 = (
+            _stage_blocks(
+                embed_dims[i],
+                dpr[bounds[i] : bounds[i + 1]],
+                local=i < 2,
+                head_dim=head_dim,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                drop=drop_rate,
+                attn_drop=attn_drop_rate,
             )
-            for i in range(depths[2])
-        )
-        self.blocks4 = nn.ModuleList(
-            GlobalBlock(
-                embed_dims[3],
-                embed_dims[3] // head_dim,
-                mlp_ratio,
-                qkv_bias,
-                drop_rate,
-                attn_drop_rate,
-                dpr[starts[3] + i],
-            )
-            for i in range(depths[3])
+            for i in range(4)
         )
         self.norm = nn.BatchNorm3d(embed_dims[-1])
-        self.head_drop = nn.Dropout(head_drop)
         self.global_pool = check_global_pool("UniFormer", global_pool)
-        self.head = nn.Linear(embed_dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.init_head(num_classes, head_drop)
         self.apply(trunc_normal_init)
 
     # --- timm-style uniform API ---
@@ -194,32 +198,17 @@ class UniFormer(BackboneMixin, nn.Module):
         """Names (beyond 1-D tensors) excluded from weight decay: the dynamic position embeddings."""
         return {n for n, _ in self.named_parameters() if ".pos_embed." in n}
 
-    def _run(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
-        for blk in blocks:
-            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-                x = torch_checkpoint.checkpoint(blk, x, use_reentrant=False)
-            else:
-                x = blk(x)
-        return x
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) or (B, C, H, W) -> (B, C', T', H/32, W/32)."""
         x = as_video(x)
         if x.shape[-1] % 32 or x.shape[-2] % 32:
             raise ValueError(f"UniFormer: input height and width must be multiples of 32, got {tuple(x.shape[-2:])}")
-        x = self.pos_drop(self.patch_embed1(x))
-        x = self._run(self.blocks1, x)
-        x = self._run(self.blocks2, self.patch_embed2(x))
-        x = self._run(self.blocks3, self.patch_embed3(x))
-        x = self._run(self.blocks4, self.patch_embed4(x))
+        ckpt = self.grad_checkpointing and self.training
+        x = checkpoint_seq(self.blocks1, self.pos_drop(self.patch_embed1(x)), enabled=ckpt)
+        x = checkpoint_seq(self.blocks2, self.patch_embed2(x), enabled=ckpt)
+        x = checkpoint_seq(self.blocks3, self.patch_embed3(x), enabled=ckpt)
+        x = checkpoint_seq(self.blocks4, self.patch_embed4(x), enabled=ckpt)
         return self.norm(x)
-
-
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: UniFormer) -> tuple[dict, str]:
-    """Official UniFormer checkpoints share our key names; 2D (ImageNet) kernels are inflated later, generically."""
-    is_2d = state_dict.get("patch_embed1.proj.weight", torch.empty(0, 0, 0, 0, 0)).ndim == 4
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("pre_logits")}
-    return state_dict, "uniformer-2d" if is_2d else "uniformer"
 
 
 def _create(variant: str, defaults: dict, overrides: dict) -> UniFormer:

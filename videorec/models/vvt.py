@@ -32,9 +32,9 @@ feature preserving connection gates the result with a squeeze-excitation of the 
 Video choices (ours; the paper is 2D): the stage-1 embedding is a (3, 7, 7) convolution with temporal stride 2 (16
 frames -> 8 token frames, as in UniFormer / MViT); stages 2-4 embed with (1, 3, 3) kernels; the MLP's depthwise
 convolution is 3x3x3. Building with ``num_frames=1`` gives the image model (all temporal kernels 1); its weights load
-into a video model through :func:`checkpoint_filter_fn` and ``"center"`` inflation, which keeps the image response on
-one frame. The official code clamps intermediate magnitudes to [1e-4, 1e4]; we only keep the 1e-4 in the normaliser
-and run the linear-attention products in float32.
+into a video model through the generic loader's ``"center"`` inflation, which keeps the image response on one frame.
+The official code clamps intermediate magnitudes to [1e-4, 1e4]; we only keep the 1e-4 in the normaliser and run the
+linear-attention products in float32.
 """
 
 from __future__ import annotations
@@ -44,14 +44,15 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.utils.checkpoint as torch_checkpoint
 
+from .checkpoints import own_keys_filter
 from .layers import (
     BackboneMixin,
     DropPath,
     PatchEmbed3d,
     as_video,
     check_global_pool,
+    checkpoint_seq,
     drop_path_rates,
     trunc_normal_init,
 )
@@ -269,11 +270,7 @@ class Stage(nn.Module):
         B, C, T, H, W = x.shape
         grid = (T, H, W)
         x = x.flatten(2).transpose(1, 2)  # (B, C, T, H, W) -> (B, THW, C)
-        for blk in self.blocks:
-            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-                x = torch_checkpoint.checkpoint(blk, x, grid, use_reentrant=False)
-            else:
-                x = blk(x, grid)
+        x = checkpoint_seq(self.blocks, x, grid, enabled=self.grad_checkpointing and self.training)
         x = self.norm(x)
         return x.transpose(1, 2).reshape(B, C, T, H, W)
 
@@ -305,8 +302,8 @@ class VicinityVisionTransformer(BackboneMixin, nn.Module):
             ``"avgmax"`` (see :func:`~videorec.models.layers.global_pool_tokens`).
     """
 
-    classifier_keys = ("head.",)
     default_inflate = "center"  # keeps the image model's response on a one-frame video
+    checkpoint_filter = staticmethod(own_keys_filter("vvt"))  # "vvt-image" for an image model's weights
 
     def __init__(
         self,
@@ -338,7 +335,6 @@ class VicinityVisionTransformer(BackboneMixin, nn.Module):
             raise ValueError("VVT: embed_dims, num_heads, mlp_ratios and depths need 4 stages each")
         if decomposition not in DECOMPOSITIONS:
             raise ValueError(f"VVT: decomposition must be one of {DECOMPOSITIONS}, got {decomposition!r}")
-        self.num_classes = num_classes
         self.num_frames = num_frames
         self.img_size = img_size
         self.num_features = embed_dims[-1]
@@ -365,9 +361,8 @@ class VicinityVisionTransformer(BackboneMixin, nn.Module):
             in_ch = in_chans if i == 0 else embed_dims[i - 1]
             stages.append(Stage(in_ch, embed_dims[i], depths[i], embed, block, dpr[start : start + depths[i]]))
         self.stages = nn.ModuleList(stages)
-        self.head_drop = nn.Dropout(head_drop)
         self.global_pool = check_global_pool("VVT", global_pool)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_head(num_classes, head_drop)
         self.apply(trunc_normal_init)
 
     # --- timm-style uniform API ---
@@ -380,22 +375,12 @@ class VicinityVisionTransformer(BackboneMixin, nn.Module):
             stem=r"^stages\.0\.patch_embed", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.\w+\.(\d+)"
         )
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) or (B, C, H, W) -> (B, C', T', H/32, W/32) (sizes rounded up)."""
         x = as_video(x)
         for stage in self.stages:
             x = stage(x)
         return x
-
-
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: VicinityVisionTransformer) -> tuple[dict, str]:
-    """Our own key names; an image model's (``num_frames=1``) one-tap kernels are inflated by the generic loader."""
-    one_tap = any(v.ndim == 5 and v.shape[2] == 1 for k, v in state_dict.items() if "patch_embed" in k or "stem" in k)
-    return state_dict, "vvt-image" if one_tap else "vvt"
 
 
 def _create(variant: str, defaults: dict, overrides: dict) -> VicinityVisionTransformer:

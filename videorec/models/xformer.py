@@ -30,7 +30,7 @@ No official code is public, and the paper leaves a number of choices open. Ours,
 Video choices (ours; the paper is 2D): the stem is a (3, 3, 3) convolution with temporal stride 2 and every
 depthwise convolution is 3x3x3, while the dense 3x3 convolutions of the XF stages stay (1, 3, 3), which keeps the
 video model close to the image model's size. Building with ``num_frames=1`` gives the image model (all temporal
-kernels 1); its weights load into a video model through :func:`checkpoint_filter_fn` and ``"center"`` inflation.
+kernels 1); its weights load into a video model through the generic loader's ``"center"`` inflation.
 """
 
 from __future__ import annotations
@@ -41,9 +41,18 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as torch_checkpoint
 
-from .layers import BackboneMixin, DropPath, Mlp, as_video, check_global_pool, drop_path_rates, trunc_normal_init
+from .checkpoints import own_keys_filter
+from .layers import (
+    BackboneMixin,
+    DropPath,
+    Mlp,
+    as_video,
+    check_global_pool,
+    checkpoint_seq,
+    drop_path_rates,
+    trunc_normal_init,
+)
 from .registry import build_variant, register_model
 
 __all__ = ["XFormer", "CrossFeatureAttention", "XFBlock", "XFStage", "MV3Block", "SqueezeExcite"]
@@ -242,11 +251,7 @@ class XFStage(nn.Module):
         t, h, w = size[0] // pt, size[1] // ph, size[2] // pw
         # unfold: (B, D, t*pt, h*ph, w*pw) -> (B * pt*ph*pw, t*h*w, D)
         y = y.reshape(B, D, t, pt, h, ph, w, pw).permute(0, 3, 5, 7, 2, 4, 6, 1).reshape(B * pt * ph * pw, t * h * w, D)
-        for blk in self.blocks:
-            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
-                y = torch_checkpoint.checkpoint(blk, y, use_reentrant=False)
-            else:
-                y = blk(y)
+        y = checkpoint_seq(self.blocks, y, enabled=self.grad_checkpointing and self.training)
         y = self.norm(y)
         # fold: (B * pt*ph*pw, t*h*w, D) -> (B, D, t*pt, h*ph, w*pw)
         y = y.reshape(B, pt, ph, pw, t, h, w, D).permute(0, 7, 4, 1, 5, 2, 6, 3).reshape(B, D, *size)
@@ -285,8 +290,8 @@ class XFormer(BackboneMixin, nn.Module):
             ``"avgmax"`` (see :func:`~videorec.models.layers.global_pool_tokens`).
     """
 
-    classifier_keys = ("head.",)
     default_inflate = "center"  # keeps the image model's response on a one-frame video
+    checkpoint_filter = staticmethod(own_keys_filter("xformer"))  # "xformer-image" for an image model's weights
 
     def __init__(
         self,
@@ -321,7 +326,6 @@ class XFormer(BackboneMixin, nn.Module):
             raise ValueError("XFormer: mv3_chans and mv3_depths need 2 stages")
         if not len(xf_chans) == len(xf_dims) == len(xf_depths) == len(mlp_ratios) == 3:
             raise ValueError("XFormer: xf_chans, xf_dims, xf_depths and mlp_ratios need 3 stages")
-        self.num_classes = num_classes
         self.num_frames = num_frames
         self.img_size = img_size
         self.num_features = head_chans
@@ -347,9 +351,8 @@ class XFormer(BackboneMixin, nn.Module):
             ch = out_ch
         self.stages = nn.ModuleList(stages)
         self.conv_head = ConvNormAct(ch, head_chans)
-        self.head_drop = nn.Dropout(head_drop)
         self.global_pool = check_global_pool("XFormer", global_pool)
-        self.head = nn.Linear(head_chans, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_head(num_classes, head_drop)
         self.apply(trunc_normal_init)
 
     # --- timm-style uniform API ---
@@ -360,23 +363,12 @@ class XFormer(BackboneMixin, nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^stem", blocks=r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)")
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for m in self.modules():
-            if isinstance(m, XFStage):
-                m.grad_checkpointing = enable
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) or (B, C, H, W) -> (B, 640, T', H/32, W/32) (sizes rounded up)."""
         x = self.stem(as_video(x))
         for stage in self.stages:
             x = stage(x)
         return self.conv_head(x)
-
-
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: XFormer) -> tuple[dict, str]:
-    """Our own key names; an image model's (``num_frames=1``) one-tap kernels are inflated by the generic loader."""
-    one_tap = any(v.ndim == 5 and v.shape[2] == 1 for k, v in state_dict.items() if "patch_embed" in k or "stem" in k)
-    return state_dict, "xformer-image" if one_tap else "xformer"
 
 
 def _create(variant: str, defaults: dict, overrides: dict) -> XFormer:
