@@ -233,3 +233,62 @@ def test_published_recipe_runs_one_batch_with_the_family_tiny_model(tmp_path, op
     assert cfg.trainer.max_epochs == recipe.trainer.max_epochs and cfg.base_lr == recipe.base_lr
     metrics = train(cfg)
     assert "val/acc1" in metrics
+
+
+def test_every_trainer_argument_is_a_plain_override(compose, tmp_path):
+    import inspect
+
+    import lightning as L
+
+    cfg = compose("train", [], tmp_path)
+    given_elsewhere = {"self", "logger", "callbacks", "plugins"}  # the logger / callbacks groups, train()
+    missing = set(inspect.signature(L.Trainer.__init__).parameters) - given_elsewhere - set(cfg.trainer)
+    assert not missing, f"trainer/default.yaml lacks {sorted(missing)}"
+    knobs = ["trainer.max_steps=100", "trainer.val_check_interval=0.5", "trainer.max_time=00:01:00:00"]
+    cfg = compose("train", [*knobs, "trainer.enable_progress_bar=false"], tmp_path)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    assert trainer.max_steps == 100 and trainer.val_check_interval == 0.5
+    (timer,) = [c for c in trainer.callbacks if type(c).__name__ == "Timer"]  # Lightning's max_time callback
+    assert timer.time_remaining() == pytest.approx(3600, abs=5)
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as info:  # an unknown key stays an error that names it
+        compose("train", ["trainer.max_stpes=100"], tmp_path)
+    assert "max_stpes" in str(info.value.__cause__ or info.value)
+
+
+def test_switched_off_trainer_features_drop_their_callbacks(compose, tmp_path):
+    from videorec.train import _enabled
+    from videorec.utils.run import instantiate_callbacks
+
+    overrides = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    cfg = compose("train", [*overrides, "trainer.enable_checkpointing=false"], tmp_path)
+    kept = {type(c).__name__ for c in _enabled(instantiate_callbacks(cfg.callbacks), cfg.trainer, has_logger=True)}
+    assert not kept & {"RichProgressBar", "RichModelSummary", "ModelCheckpoint", "LastCheckpoint"}
+    assert {"SkippedVideosCallback", "LearningRateMonitor", "ExactResume"} <= kept
+    instantiate(
+        cfg.trainer, logger=False, callbacks=list(_enabled(instantiate_callbacks(cfg.callbacks), cfg.trainer, True))
+    )
+
+
+def test_every_dataloader_knob_is_a_plain_override(compose, tmp_path):
+    import inspect
+
+    from torch.utils.data import DataLoader
+
+    owned = {"self", "dataset", "batch_size", "shuffle", "sampler", "batch_sampler", "collate_fn", "worker_init_fn",
+             "generator", "pin_memory_device"}  # the datamodule's own job (pin_memory_device: deprecated)  # fmt: skip
+    knobs = set(inspect.signature(DataLoader.__init__).parameters) - owned
+    for option in _options("data"):
+        data = compose("train", [f"data={option}"], tmp_path).data
+        assert knobs <= set(data), f"data={option} lacks {sorted(knobs - set(data))}"
+    overrides = ["data.prefetch_factor=4", "data.timeout=30", "data.in_order=false", "data.drop_last=true"]
+    cfg = compose("train", [*overrides, "data.num_workers=1", f"data.root={tmp_path}"], tmp_path)
+    from videorec.data import VideoRecord
+
+    dm = instantiate(cfg.data)
+    dm.set_records("train", [VideoRecord("a.mp4", 0)])
+    loader = dm.train_dataloader()
+    assert (loader.prefetch_factor, loader.timeout, loader.in_order, loader.drop_last) == (4, 30, False, True)
+    dm.set_records("val", [VideoRecord("a.mp4", 0)])
+    assert dm.val_dataloader().drop_last is False  # evaluation never drops a video

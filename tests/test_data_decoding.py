@@ -131,3 +131,40 @@ def test_unknown_or_unloadable_decoder_fails_clearly():
     if not _available("torchcodec"):
         with pytest.raises(RuntimeError, match="torchcodec"):
             check_decoder("torchcodec")
+
+
+def _audio_only(path):
+    """An mp4 holding one AAC stream and no video."""
+    import av
+
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        silence = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        silence.sample_rate = 16000
+        for i in range(8):
+            silence.pts = i * 1024
+            for packet in stream.encode(silence):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("zero", "empty file"),
+        ("text", "not a video container"),
+        ("truncated", "truncated"),
+        ("audio", "no video stream"),
+    ],
+)
+def test_decoder_errors_say_what_is_wrong(videos, tmp_path, decoder, kind, words):
+    path = _audio_only(tmp_path / "speech.mp4") if kind == "audio" else videos[kind]
+    with pytest.raises(VideoDecodeError) as info:
+        read_frames(path, lambda n: np.arange(min(n, 8)), decoder=decoder)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {words}"), message
+    if kind != "zero":  # the decoders' own messages follow the words
+        assert f"({decoder}:" in message

@@ -107,3 +107,27 @@ def test_paths_with_spaces_and_tabs(tmp_path):
         ("/data/some dir/clip 2.mp4", 2),
         ("/abs/a b.mp4", 0),
     ]
+
+
+@pytest.mark.parametrize("fmt", ["space", "comma", "official"])
+def test_lists_as_spreadsheets_save_them(datasets, fmt, tmp_path):
+    """A byte-order mark, CRLF line ends, a header row, blank lines and trailing spaces: the same videos."""
+    root = datasets[fmt]
+    source = root / ("train.txt" if fmt == "space" else "train.csv")
+    expected = read_video_list(source, CLASSES)
+    lines = source.read_text().splitlines()
+    if fmt != "official":  # the official csv has its header already
+        lines = [("path label" if fmt == "space" else "path,label"), *lines]
+    messy = "\r\n".join(f"{line}   " if i % 2 else line for i, line in enumerate(lines))
+    messy = messy.replace(lines[1], f"{lines[1]}\r\n\r\n   ", 1) + "\r\n\r\n"
+    copy = root / f"messy_{source.name}"
+    copy.write_bytes(b"\xef\xbb\xbf" + messy.encode())
+    assert read_video_list(copy, CLASSES) == expected
+
+
+def test_a_header_row_is_only_skipped_at_the_top(tmp_path):
+    path = _write(tmp_path / "l.csv", "video,class\na.mp4,0\npath,label\n")
+    with pytest.raises(ListFileError) as info:  # a header in the middle is a malformed line, named
+        read_video_list(path, CLASSES)
+    assert f"{path}:3" in str(info.value) and "label 'label' is not in the class list" in str(info.value)
+    assert [r.label for r in read_video_list(_write(tmp_path / "ok.csv", "video,class\na.mp4,0\n"), CLASSES)] == [0]

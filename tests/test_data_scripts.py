@@ -36,7 +36,8 @@ def test_build_kinetics_lists(tmp_path):
     assert (out / "train_broken.txt").read_text().startswith(str(good[0]))
     assert len((out / "val.txt").read_text().splitlines()) == 2
     broken = (out / "val_broken.txt").read_text()
-    assert "no such file" in broken and "cannot decode" in broken
+    assert "no such file" in broken and "not a video container" in broken  # the missing and the text file
+    assert "truncated" in (out / "train_broken.txt").read_text()
     assert not (out / "test.txt").exists()  # no test list: the val fallback is not checked twice
     assert (out / "classes.txt").read_text().splitlines()[:2] == ["abseiling", "air drumming"]
 

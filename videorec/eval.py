@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
-from .utils.run import load_for_inference, print_summary, write_json
+from .utils.run import data_overrides_on_stored, load_for_inference, print_summary, write_json
 
 __all__ = ["evaluate", "main"]
 
@@ -62,6 +63,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     ckpt, model, data_cfg = load_for_inference(cfg)
     datamodule = instantiate(data_cfg)
+    split = str(cfg.get("split", "test"))
+    if split not in ("test", "val"):
+        raise ValueError(f"split={split}: use test or val")
+    if split == "val":  # the validation videos, with the evaluation views of the test split
+        datamodule.set_records("test", datamodule.load_records("val"))
     if datamodule.num_classes != model.hparams.num_classes:
         raise ValueError(
             f"data has {datamodule.num_classes} classes but {ckpt} was trained for {model.hparams.num_classes}"
@@ -79,6 +85,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "num_clips": video["num_clips"],
         "checkpoint": str(ckpt.resolve()),
         "model": model.hparams.model_name,
+        "split": split,
     }
     views = {k: data_cfg.get(k) for k in ("eval_clips", "eval_crops") if data_cfg.get(k) is not None}
     result.update(views)
@@ -96,8 +103,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://videorec.conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     evaluate(cfg)
+
+
+def main() -> None:
+    """The command line: ``data.<key>=`` overrides apply on top of the checkpoint's stored data configuration."""
+    sys.argv = [sys.argv[0], *data_overrides_on_stored(sys.argv[1:])]
+    _main()
 
 
 if __name__ == "__main__":

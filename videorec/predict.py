@@ -13,6 +13,7 @@ Examples:
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from rich.table import Table
 
 from .data.datasets import VIDEO_SUFFIXES, VideoRecord
 from .lit import aggregate_views
-from .utils.run import load_for_inference, write_json
+from .utils.run import data_overrides_on_stored, load_for_inference, write_json
 
 __all__ = ["predict", "find_videos", "main"]
 
@@ -118,8 +119,14 @@ def _show(results: list[dict[str, Any]], skipped: list[str], path: Path) -> None
 
 
 @hydra.main(version_base="1.3", config_path="pkg://videorec.conf", config_name="predict")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     predict(cfg)
+
+
+def main() -> None:
+    """The command line: ``data.<key>=`` overrides apply on top of the checkpoint's stored data configuration."""
+    sys.argv = [sys.argv[0], *data_overrides_on_stored(sys.argv[1:])]
+    _main()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,14 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ThroughputMonitor
+from lightning.pytorch.callbacks import (
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ModelSummary,
+    ProgressBar,
+    ThroughputMonitor,
+)
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -170,6 +177,20 @@ def _switch_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return out
 
 
+def _enabled(callbacks: list[L.Callback], trainer_cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
+    """The callbacks that the Trainer switches leave on: ``enable_progress_bar=false`` drops the progress bar,
+    ``enable_model_summary=false`` the summary, ``enable_checkpointing=false`` the checkpoints (Lightning refuses
+    the switch and the callback together); the learning-rate monitor needs a logger."""
+    off: list[type] = [] if has_logger else [LearningRateMonitor]
+    if trainer_cfg.get("enable_progress_bar") is False:
+        off.append(ProgressBar)
+    if trainer_cfg.get("enable_model_summary") is False:
+        off.append(ModelSummary)
+    if trainer_cfg.get("enable_checkpointing") is False:
+        off.append(ModelCheckpoint)
+    return [c for c in callbacks if not isinstance(c, tuple(off))]
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit a model as configured, evaluate the best checkpoint, write ``metrics.json`` and return the metrics."""
     output_dir = Path(cfg.paths.output_dir)
@@ -180,8 +201,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_callbacks(cfg.get("callbacks")) + _switch_callbacks(cfg)
     loggers = instantiate_loggers(cfg.get("logger"))
     try:
-        if not loggers:  # the learning-rate monitor needs a logger to write to
-            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        callbacks = _enabled(callbacks, cfg.trainer, bool(loggers))
         trainer: L.Trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=_plugins(cfg) or None
         )

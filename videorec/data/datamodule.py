@@ -94,6 +94,10 @@ class VideoDataModule(L.LightningDataModule):
         name: a display name ("synthetic", "k400", ...).
         persistent_workers: keep DataLoader workers alive between epochs.
         multiprocessing_context: start method of the workers ("fork", "spawn", "forkserver"; None: the default).
+        prefetch_factor: batches each worker loads ahead (None: PyTorch's default, 2; unused without workers).
+        timeout: seconds to wait for a worker's batch before failing (0: forever).
+        in_order: hand batches over in sampler order (False lets a fast worker's batch overtake a slow one's).
+        drop_last: drop the last incomplete training batch (evaluation never drops a video).
     """
 
     sampling: str = "dense"
@@ -130,10 +134,20 @@ class VideoDataModule(L.LightningDataModule):
         name: str | None = None,
         persistent_workers: bool = False,
         multiprocessing_context: str | None = None,
+        prefetch_factor: int | None = None,
+        timeout: float = 0.0,
+        in_order: bool = True,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         self.name = name or type(self).__name__
         self.persistent_workers, self.multiprocessing_context = persistent_workers, multiprocessing_context
+        self.prefetch_factor, self.timeout, self.in_order, self.drop_last = (
+            prefetch_factor,
+            timeout,
+            in_order,
+            drop_last,
+        )
         if temporal_control not in TEMPORAL_CONTROLS:
             raise ValueError(f"data.temporal_control must be one of {TEMPORAL_CONTROLS}, got {temporal_control!r}")
         if eval_crops not in (1, 3):
@@ -249,9 +263,12 @@ class VideoDataModule(L.LightningDataModule):
             collate_fn=VideoCollate((3, self.num_frames, self.crop_size, self.crop_size), mixup),
             pin_memory=self.pin_memory,
             worker_init_fn=functools.partial(seed_worker, rank=rank),
-            drop_last=False,
+            drop_last=self.drop_last and split == "train",
             persistent_workers=self.persistent_workers and self.num_workers > 0,
             multiprocessing_context=self.multiprocessing_context if self.num_workers > 0 else None,
+            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
+            timeout=self.timeout if self.num_workers > 0 else 0,
+            in_order=self.in_order,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DECODERS", "VideoDecodeError", "check_decoder", "read_frames"]
+__all__ = ["DECODERS", "VideoDecodeError", "check_decoder", "describe_failure", "read_frames"]
 
 DECODERS = ("decord", "pyav", "torchcodec")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -229,4 +229,46 @@ def read_frames(
             errors.append(f"{reader.__name__[6:]}: unexpected frame array {tuple(frames.shape)}")
             continue
         return frames
-    raise VideoDecodeError(f"{path}: cannot decode ({'; '.join(errors)})")
+    raise VideoDecodeError(f"{path}: {describe_failure(path)} ({'; '.join(errors)})")
+
+
+# Leading bytes of the containers videos come in: (offset, signature).
+_CONTAINER_SIGNATURES = (
+    (4, b"ftyp"),  # MP4, MOV, M4V, 3GP
+    (0, b"\x1a\x45\xdf\xa3"),  # Matroska, WebM
+    (0, b"RIFF"),  # AVI
+    (0, b"OggS"),  # Ogg
+    (0, b"FLV"),  # Flash video
+    (0, b"\x00\x00\x01\xba"),  # MPEG program stream
+    (0, b"\x47"),  # MPEG transport stream
+    (4, b"moov"),
+    (4, b"mdat"),
+    (4, b"free"),
+    (4, b"wide"),
+)
+
+
+def describe_failure(path: str) -> str:
+    """What is wrong with a file no decoder could read, in words: "not a video container" (no known container
+    signature and FFmpeg cannot open it, e.g. an HTML error page saved as .mp4), "no video stream" (an audio-only
+    file), "truncated" (a container that does not open or decode to the end, e.g. a download cut short), or
+    "cannot decode" when none of these is the case."""
+    import av
+
+    with open(path, "rb") as f:
+        head = f.read(16)
+    known = any(head[offset : offset + len(sig)] == sig for offset, sig in _CONTAINER_SIGNATURES)
+    try:
+        container = av.open(path)
+    except Exception:  # noqa: BLE001 - FFmpeg's errors: InvalidDataError, EOFError, ...
+        return "truncated" if known else "not a video container"
+    with container:
+        if not container.streams.video:
+            kinds = sorted({stream.type for stream in container.streams})
+            return f"no video stream (only {', '.join(kinds)})" if kinds else "no video stream"
+        try:
+            for _ in container.decode(video=0):
+                pass
+        except Exception:  # noqa: BLE001
+            return "truncated"
+    return "cannot decode"

@@ -102,7 +102,8 @@ def read_video_list(
     if not source.is_file():
         raise ListFileError(f"{source}: list file not found")
     base = Path(video_root) if video_root is not None else source.parent
-    lines = source.read_text().splitlines()
+    # utf-8-sig: a byte-order mark (spreadsheet exports) is dropped; splitlines takes CRLF and LF alike
+    lines = source.read_text(encoding="utf-8-sig").splitlines()
     first = next((line for line in lines if line.strip() and not line.startswith("#")), "")
     header = {column.strip().strip('"') for column in first.split(",")}
     if header >= OFFICIAL_COLUMNS:
@@ -118,11 +119,21 @@ def read_video_list(
         else:
             match = re.fullmatch(r"(.+?)\s+(\S+)", text)  # the path may hold spaces, the label may not
             path, label = match.groups() if match else ("", text)
-        path, label = path.strip(), label.strip()
+        path, label = path.strip().strip('"'), label.strip().strip('"')
+        if not records and _is_header(path, label, lookup):
+            continue  # a header row such as "path,label"
         if not path or not label:
             raise ListFileError(f"{where}: expected '<path> <label>' or '<path>,<label>', got {text!r}")
         records.append(VideoRecord(str(base / path), _label_index(label, lookup, len(class_names), where)))
     return records
+
+
+HEADER_WORDS = {"label", "labels", "class", "class_name", "classname", "category", "target", "label_id", "class_id"}
+
+
+def _is_header(path: str, label: str, lookup: dict[str, int]) -> bool:
+    """A first line whose label column is a column name (and no class of the list), e.g. "path,label"."""
+    return label.lower() in HEADER_WORDS and normalise_name(label) not in lookup and not label.isdigit()
 
 
 def _read_official_csv(
@@ -130,9 +141,11 @@ def _read_official_csv(
 ) -> list[VideoRecord]:
     index = _index_videos(base)
     records = []
-    reader = csv.DictReader(lines)
-    for number, row in enumerate(reader, start=2):
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]  # blank lines skipped
+    reader = csv.DictReader([line for _, line in numbered])
+    for (number, _), row in zip(numbered[1:], reader, strict=False):
         where = f"{source}:{number}"
+        row = {key.strip(): (value or "").strip() for key, value in row.items() if key is not None}
         try:
             youtube_id = row["youtube_id"].strip()
             name = f"{youtube_id}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"

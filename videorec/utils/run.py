@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
+    "data_overrides_on_stored",
     "load_for_inference",
     "run_name",
     "default_precision",
@@ -85,11 +87,21 @@ def _entries(cfg: DictConfig | None, group: str) -> list[tuple[str, DictConfig]]
     return out
 
 
+def data_overrides_on_stored(args: list[str]) -> list[str]:
+    """Command-line overrides for eval and predict, where ``data.<key>=`` applies on top of the checkpoint's stored
+    data configuration: without ``data=<name>`` there is no data node to override, so those keys are added
+    (``++data.<key>=``) and ``load_for_inference`` merges them onto the stored configuration."""
+    if any(re.match(r"^\+{0,2}data=", arg) for arg in args):
+        return args  # data=<name> replaces the stored configuration: its keys exist
+    return [f"++{arg}" if re.match(r"^data\.[\w.]+=", arg) else arg for arg in args]
+
+
 def load_for_inference(cfg: DictConfig) -> tuple[Path, Any, DictConfig]:
     """The checkpoint ``cfg.ckpt_path``, its ``VideoClassifier`` (on the CPU) and the data configuration to use.
 
     The data configuration is ``cfg.data`` when the command gives ``data=<name>`` (it replaces the stored one), else the
-    one the checkpoint was trained with.
+    one the checkpoint was trained with, with any ``data.<key>=`` of the command on top (views, root, lists, workers,
+    decoder, ...).
     """
     from ..lit import VideoClassifier  # the LightningModule pulls in the model zoo: only when needed
 
@@ -97,12 +109,21 @@ def load_for_inference(cfg: DictConfig) -> tuple[Path, Any, DictConfig]:
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint file")
     model = VideoClassifier.load_from_checkpoint(ckpt, map_location="cpu")
-    if cfg.get("data") is not None:
-        return ckpt, model, cfg.data
+    given = cfg.get("data")
+    if given is not None and "_target_" in given:
+        return ckpt, model, given
     stored = model.hparams.get("data_config")
     if not stored:
         raise ValueError(f"{ckpt}: the checkpoint stores no data configuration; pass one, e.g. data=k400 data.root=...")
-    return ckpt, model, OmegaConf.create(stored)
+    data = OmegaConf.create(stored)
+    if given:
+        unknown = sorted(set(given) - set(data))
+        if unknown:
+            raise ValueError(
+                f"data.{unknown[0]}: not a key of the data configuration stored in {ckpt} ({', '.join(sorted(data))})"
+            )
+        data = OmegaConf.merge(data, given)
+    return ckpt, model, data
 
 
 def instantiate_callbacks(cfg: DictConfig | None) -> list[Callback]:
