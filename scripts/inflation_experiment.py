@@ -78,7 +78,7 @@ def timm_twins_like(name: str, num_classes: int) -> torch.nn.Module:
     """timm's 2D Twins with the stage plan of our tiny variant (same dimensions, heads, depths and windows)."""
     from timm.models.twins import Twins
 
-    cfg = create_model(name, num_classes=num_classes).default_cfg  # the variant's architecture arguments
+    cfg = create_model(name, num_classes=num_classes).variant_args  # the variant's architecture arguments
     kwargs = dict(img_size=cfg["img_size"], num_classes=num_classes)
     kwargs |= {k: tuple(cfg[k]) for k in ("embed_dims", "num_heads", "mlp_ratios", "depths", "sr_ratios")}
     if cfg.get("window_sizes"):

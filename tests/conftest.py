@@ -60,6 +60,18 @@ def synthetic_root(tmp_path_factory) -> Path:
     return tmp_path_factory.getbasetemp() / "synthetic-cache"
 
 
+def synthetic_overrides(root: Path, train_per_class: int = 2, val_per_class: int = 1) -> list[str]:
+    """Overrides for a small generated copy of the embedded dataset at `root`, one CPU process, no loader workers."""
+    return [
+        f"data.root={root}",
+        f"data.train_per_class={train_per_class}",
+        f"data.val_per_class={val_per_class}",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "trainer=cpu",
+    ]
+
+
 @pytest.fixture(scope="session")
 def tiny_synthetic_root(tmp_path_factory) -> Path:
     """A small generated copy of the embedded dataset (2 train + 1 val video a class), shared by a session."""

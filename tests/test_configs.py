@@ -119,9 +119,9 @@ def test_recipe_group_names_a_data_and_model_pair(compose, tmp_path, option):
     # the recipe is applied when the pair is chosen
     if "base_lr" in recipe:
         assert cfg.base_lr == recipe.base_lr and cfg.global_batch_size == recipe.global_batch_size
-    else:
-        assert OmegaConf.to_container(cfg.module)["lr"] == recipe.module.lr
-    if "trainer" in recipe:
+    if OmegaConf.select(recipe, "module.lr") is not None:
+        assert cfg.module.lr == recipe.module.lr
+    if OmegaConf.select(recipe, "trainer.max_epochs") is not None:
         assert cfg.trainer.max_epochs == recipe.trainer.max_epochs
     kwargs = recipe.get("model", {}).get("kwargs", {})
     model = create_model(cfg.model.name, **cfg.model.kwargs)  # architecture choices reach the model
@@ -169,8 +169,8 @@ def test_each_default_is_stated_once(compose, tmp_path):
     for option in _options("recipe"):
         data = next(d for d in _options("data") if option.startswith(f"{d}_"))
         recipe = OmegaConf.to_container(OmegaConf.load(CONF / "recipe" / f"{option}.yaml"))
-        other = "vvt_tiny" if "uniformer" in option else "uniformer_tiny"  # a pair without a recipe
-        plain = compose("train", [f"data={data}", f"model={other}"], tmp_path)
+        model = option[len(data) + 1 :]
+        plain = compose("train", [f"data={data}", f"model={model}", "~recipe"], tmp_path)  # the pair without it
         same = [key for key, value in _leaves(recipe) if OmegaConf.select(plain, key) == value]
         assert not same, f"recipe/{option}.yaml repeats the defaults {same}"
     # drop_path_rate lives in the model config or in the model code, never both
@@ -210,7 +210,7 @@ def test_the_mission_command_trains_the_published_mvit_recipe(compose, tmp_path)
 @pytest.mark.parametrize("option", PUBLISHED)
 def test_published_recipe_runs_one_batch_with_the_family_tiny_model(tmp_path, option, tiny_synthetic_root):
     """Each recipe applied to the embedded set and the tiny model of its family: one batch of train and val."""
-    from conftest import compose_config
+    from conftest import compose_config, synthetic_overrides
 
     from videorec.train import train
 
@@ -219,18 +219,13 @@ def test_published_recipe_runs_one_batch_with_the_family_tiny_model(tmp_path, op
     overrides = [
         f"recipe={option}",
         f"model={tiny}",
-        f"data.root={tiny_synthetic_root}",
-        "data.train_per_class=2",
-        "data.val_per_class=1",
-        "data.num_workers=0",
-        "data.batch_size=4",
-        "trainer=cpu",
+        *synthetic_overrides(tiny_synthetic_root),
         "trainer.fast_dev_run=true",
         "logger=none",
     ]
     cfg = compose_config("train", overrides, tmp_path)
     recipe = OmegaConf.load(CONF / "recipe" / f"{option}.yaml")
-    assert cfg.trainer.max_epochs == recipe.trainer.max_epochs and cfg.base_lr == recipe.base_lr
+    assert cfg.trainer.max_epochs == recipe.trainer.max_epochs and cfg.base_lr == recipe.base_lr  # the recipe applies
     metrics = train(cfg)
     assert "val/acc1" in metrics
 

@@ -15,7 +15,7 @@ TINY = list_models("*_tiny")
 
 
 def _input_for(model, batch=2):
-    cfg = model.default_cfg
+    cfg = model.variant_args
     t = cfg.get("num_frames", 4)
     s = cfg.get("img_size", 64)
     return torch.randn(batch, 3, t, s, s)
@@ -135,7 +135,7 @@ class DictFilterUniFormer(UniFormer):
 
 def _like(cls, name: str, **overrides):
     """An instance of ``cls`` with the architecture of the registered variant ``name`` (not an MViT)."""
-    defaults = {k: v for k, v in create_model(name).default_cfg.items() if k != "architecture"}
+    defaults = {k: v for k, v in create_model(name).variant_args.items() if k != "architecture"}
     return build_variant(cls, name, defaults, overrides)
 
 

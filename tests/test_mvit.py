@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import load_script
 
-from videorec.models import CheckpointError, create_model, list_models
+from videorec.models import CheckpointError, create_model, list_models, references
 from videorec.models.mvit import MViT, MViTCfg, block_cfgs, model_cfgs, resize_rel_pos
 from videorec.utils.profile import count_gflops, count_params
 
@@ -122,7 +122,7 @@ T, S = 4, 64  # small input for speed; the full-width published architectures
 @pytest.mark.parametrize(("name", "tv_name"), [("mvit_b", "mvit_v1_b"), ("mvitv2_s", "mvit_v2_s")])
 def test_parity_torchvision(tmp_path, name, tv_name):
     torch.manual_seed(0)
-    ref = _randomise(bench.torchvision_mvit(tv_name)(T, S, 10))
+    ref = _randomise(references.torchvision_mvit(tv_name)(T, S, 10))
     path = tmp_path / "tv.pth"
     torch.save(ref.state_dict(), path)
     model = create_model(name, num_classes=10, num_frames=T, img_size=S, pretrained=path)
@@ -134,7 +134,7 @@ def test_parity_torchvision(tmp_path, name, tv_name):
 
 def test_parity_pytorchvideo(tmp_path):
     torch.manual_seed(0)
-    ref = _randomise(bench.pytorchvideo_mvit_b(T, S, 10))
+    ref = _randomise(references.pytorchvideo_mvit_b(T, S, 10))
     path = tmp_path / "MVIT_B_16x4.pyth"
     torch.save({"model_state": ref.state_dict(), "epoch": 200}, path)  # the .pyth container of the hub checkpoints
     # pytorchvideo's pooling LayerNorms use eps 1e-5 (torchvision and PySlowFast v2: 1e-6)
@@ -330,7 +330,7 @@ def test_model_takes_its_config_dataclass():
     assert all(torch.equal(v, sd[k]) for k, v in direct.state_dict().items())
     model = create_model("mvit_tiny", kv_stride=[1, 2, 2], stage_starts=[1, 2], num_frames=4)
     assert model.cfg == dataclasses.replace(cfg, kv_stride=(1, 2, 2), stage_starts=(1, 2))
-    assert model.num_frames == 4 and model.default_cfg["kv_stride"] == (1, 4, 4)  # the variant's, as registered
+    assert model.num_frames == 4 and model.variant_args["kv_stride"] == (1, 4, 4)  # the variant's, as registered
     assert MViTCfg(q_stride=2).q_stride == (2, 2, 2)
     with pytest.raises(TypeError, match=r"mvit_tiny: unknown override\(s\) \['cfg'\]"):
         create_model("mvit_tiny", cfg=cfg)
@@ -404,7 +404,7 @@ def test_bf16_autocast_runs():
 
 def test_convert_checkpoint_torchvision(tmp_path, capsys):
     torch.manual_seed(0)
-    ref = _randomise(bench.torchvision_mvit("mvit_v2_s")(T, S, 10))
+    ref = _randomise(references.torchvision_mvit("mvit_v2_s")(T, S, 10))
     torch.save(ref.state_dict(), tmp_path / "tv.pth")
     dst = tmp_path / "ours.pth"
     report = convert.main(
@@ -432,7 +432,7 @@ def test_convert_checkpoint_torchvision(tmp_path, capsys):
 def test_bench_references_match_our_architectures():
     """Every reference builder registered for an MViT variant builds the same architecture size as ours."""
     for name in ("mvit_b", "mvitv2_s"):
-        for label, build in bench.REFERENCES[name].items():
+        for label, build in references.REFERENCES[name].items():
             try:
                 with torch.device("meta"):
                     ref = build(8, 112, 400)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import synthetic_overrides
 
 TIMEOUT = 300
 STEPS_PER_EPOCH = 8  # 8 classes x 4 videos / batch 4
@@ -20,13 +21,8 @@ STEPS_PER_EPOCH = 8  # 8 classes x 4 videos / batch 4
 
 @pytest.fixture(scope="module")
 def data_overrides(tmp_path_factory) -> list[str]:
-    root = tmp_path_factory.mktemp("data") / "synthetic"
     return [
-        f"data.root={root}",
-        "data.train_per_class=4",
-        "data.val_per_class=1",
-        "data.batch_size=4",
-        "data.num_workers=0",
+        *synthetic_overrides(tmp_path_factory.mktemp("data") / "synthetic", train_per_class=4),
         # every source of randomness on: augmentation, mixup / cutmix, drop path
         "data.randaug_n=2",
         "data.random_erasing=0.25",
@@ -34,7 +30,6 @@ def data_overrides(tmp_path_factory) -> list[str]:
         "data.cutmix_alpha=1.0",
         "data.flip=true",
         "++model.kwargs.drop_path_rate=0.1",
-        "trainer=cpu",
         "trainer.max_epochs=2",
         "logger=none",
         "callbacks.last_checkpoint.every_n_train_steps=1",

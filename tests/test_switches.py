@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, synthetic_overrides
 from lightning.pytorch.callbacks import EMAWeightAveraging, ThroughputMonitor
 from omegaconf import open_dict
 
@@ -23,14 +23,8 @@ TINY = ["uniformer_tiny", "mvit_tiny", "twins_svt_tiny", "vvt_tiny", "xformer_ti
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> list[str]:
-    root = tmp_path_factory.mktemp("data") / "synthetic"
     return [
-        f"data.root={root}",
-        "data.train_per_class=2",
-        "data.val_per_class=1",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "trainer=cpu",
+        *synthetic_overrides(tmp_path_factory.mktemp("data") / "synthetic"),
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=1",

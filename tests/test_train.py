@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import compose_config
+from conftest import compose_config, synthetic_overrides
 
 from videorec.data.synthetic import CLASSES
 from videorec.eval import evaluate
@@ -22,15 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def tiny_synthetic(tmp_path_factory) -> list[str]:
     """Overrides pointing at a small generated copy of the embedded dataset (2 train + 1 val video a class)."""
-    root = tmp_path_factory.mktemp("data") / "synthetic"
-    return [
-        f"data.root={root}",
-        "data.train_per_class=2",
-        "data.val_per_class=1",
-        "data.batch_size=4",
-        "data.num_workers=0",
-        "trainer=cpu",
-    ]
+    return synthetic_overrides(tmp_path_factory.mktemp("data") / "synthetic")
 
 
 def _run(tmp_path, overrides, config="train"):

@@ -34,7 +34,7 @@ __all__ = [
     "DepthwisePosEmbed3d",
     "to_3tuple",
     "as_video",
-    "trunc_normal_init",
+    "init_weights",
     "BackboneMixin",
     "checkpoint_seq",
     "GLOBAL_POOLS",
@@ -268,7 +268,7 @@ def match_grad_layouts(module: nn.Module, step: Callable[[], torch.Tensor]) -> l
     return changed
 
 
-def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
     """timm-style init: truncated normal linear weights, zero biases, unit norms, fan-out convs."""
     if isinstance(module, nn.Linear):
         nn.init.trunc_normal_(module.weight, std=std)

@@ -42,8 +42,8 @@ from .layers import (
     attention,
     checkpoint_seq,
     drop_path_rates,
+    init_weights,
     to_3tuple,
-    trunc_normal_init,
 )
 from .registry import build_variant, register_model
 
@@ -698,7 +698,7 @@ class MViT(BackboneMixin, nn.Module):
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, nn.Linear | nn.LayerNorm):
-            trunc_normal_init(m)
+            init_weights(m)
 
     # --- timm-style uniform API ---
     def no_weight_decay(self) -> set[str]:
@@ -713,7 +713,7 @@ class MViT(BackboneMixin, nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         super().reset_classifier(num_classes)
         if num_classes > 0:
-            trunc_normal_init(self.head)
+            init_weights(self.head)
 
     def _pos_embed(self, x: torch.Tensor, thw: Size3) -> torch.Tensor:
         """Prepend the class token and add the separable position embedding: (B, THW, C) -> (B, 1 + THW, C)."""

@@ -122,9 +122,9 @@ def build_variant(
     kwargs = {**defaults, **overrides}
     if cfg is None:
         model = cls(**kwargs)
-        model.default_cfg = {"architecture": variant, **defaults}
+        model.variant_args = {"architecture": variant, **defaults}
         return model
     changes = {k: kwargs.pop(k) for k in fields & kwargs.keys()}
     model = cls(dataclasses.replace(cfg, **changes), **kwargs)
-    model.default_cfg = {"architecture": variant, **dataclasses.asdict(cfg), **defaults}
+    model.variant_args = {"architecture": variant, **dataclasses.asdict(cfg), **defaults}
     return model

@@ -52,8 +52,8 @@ from .layers import (
     check_global_pool,
     checkpoint_seq,
     drop_path_rates,
+    init_weights,
     to_3tuple,
-    trunc_normal_init,
 )
 from .registry import build_variant, register_model
 
@@ -491,7 +491,7 @@ class Twins(BackboneMixin, nn.Module):
         self.norm = nn.LayerNorm(self.num_features, eps=1e-6)
         self.global_pool = check_global_pool("Twins", global_pool)
         self.init_head(num_classes, head_drop)
-        self.apply(trunc_normal_init)
+        self.apply(init_weights)
 
     # --- timm-style uniform API ---
     def no_weight_decay(self) -> set[str]:

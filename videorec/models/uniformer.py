@@ -26,7 +26,7 @@ from .layers import (
     check_global_pool,
     checkpoint_seq,
     drop_path_rates,
-    trunc_normal_init,
+    init_weights,
 )
 from .registry import build_variant, register_model
 
@@ -191,7 +191,7 @@ class UniFormer(BackboneMixin, nn.Module):
         self.norm = nn.BatchNorm3d(embed_dims[-1])
         self.global_pool = check_global_pool("UniFormer", global_pool)
         self.init_head(num_classes, head_drop)
-        self.apply(trunc_normal_init)
+        self.apply(init_weights)
 
     # --- timm-style uniform API ---
     def no_weight_decay(self) -> set[str]:

@@ -54,7 +54,7 @@ from .layers import (
     check_global_pool,
     checkpoint_seq,
     drop_path_rates,
-    trunc_normal_init,
+    init_weights,
 )
 from .registry import build_variant, register_model
 
@@ -363,7 +363,7 @@ class VicinityVisionTransformer(BackboneMixin, nn.Module):
         self.stages = nn.ModuleList(stages)
         self.global_pool = check_global_pool("VVT", global_pool)
         self.init_head(num_classes, head_drop)
-        self.apply(trunc_normal_init)
+        self.apply(init_weights)
 
     # --- timm-style uniform API ---
     def no_weight_decay(self) -> set[str]:

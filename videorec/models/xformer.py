@@ -21,8 +21,9 @@ No official code is public, and the paper leaves a number of choices open. Ours,
 * XF stage depths (2, 4, 3) as in MobileViT-S, whose layout XFormer follows; the stem has 16 channels and the stage
   outputs are (32, 64, 96, 128, 160) with a 1x1 convolution to 640 before pooling (MobileViT-S's widths). With
   these the image model has 5.47M parameters at 1000 classes, against the paper's 5.5M.
-* MobileNetV3 blocks use SiLU (the REFERENCES' "SiLU elsewhere") and a squeeze-excitation with SiLU and a sigmoid
-  gate whose hidden size is a quarter of the expanded channels; the stem block (16 -> 32) also expands by 4.
+* MobileNetV3 blocks use SiLU (the paper, arXiv 2207.07268, has GELU only in the XF blocks' MLP) and a
+  squeeze-excitation with SiLU and a sigmoid gate whose hidden size is a quarter of the expanded channels; the stem
+  block (16 -> 32) also expands by 4.
 * A feature map whose height or width is odd is resized (trilinear) to the next multiple of the patch size before
   unfolding and back afterwards, as MobileViT does; patches are 1x2x2, so tokens from all frames at one position of
   the 2x2 patch attend together.
@@ -51,7 +52,7 @@ from .layers import (
     check_global_pool,
     checkpoint_seq,
     drop_path_rates,
-    trunc_normal_init,
+    init_weights,
 )
 from .registry import build_variant, register_model
 
@@ -353,7 +354,7 @@ class XFormer(BackboneMixin, nn.Module):
         self.conv_head = ConvNormAct(ch, head_chans)
         self.global_pool = check_global_pool("XFormer", global_pool)
         self.init_head(num_classes, head_drop)
-        self.apply(trunc_normal_init)
+        self.apply(init_weights)
 
     # --- timm-style uniform API ---
     def no_weight_decay(self) -> set[str]:
