@@ -86,6 +86,12 @@ def _run_checkpoints(run_dir: Path) -> list[Path]:
     return [p for p in (run_dir / "checkpoints" / "last.ckpt", *run_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
 
 
+def _newest(found: list[Path], how: str) -> str:
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    log.info("ckpt_path=%s: resuming from %s", how, newest)
+    return str(newest)
+
+
 def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
     """A checkpoint file to resume from.
 
@@ -99,9 +105,7 @@ def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
         if not found:
             log.info("ckpt_path=auto: no checkpoint in %s yet, starting afresh", output_dir)
             return None
-        newest = max(found, key=lambda p: p.stat().st_mtime)
-        log.info("ckpt_path=auto: resuming from %s", newest)
-        return str(newest)
+        return _newest(found, ckpt_path)
     if ckpt_path == "last":
         found = _run_checkpoints(output_dir) or [
             p for run in output_dir.parent.iterdir() for p in _run_checkpoints(run)
@@ -111,9 +115,7 @@ def _resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
                 f"ckpt_path=last: no last.ckpt or hpc_ckpt_*.ckpt in {output_dir} or any run beside it in "
                 f"{output_dir.parent}. Pass run_name=<the run> or ckpt_path=<file>."
             )
-        newest = max(found, key=lambda p: p.stat().st_mtime)
-        log.info("ckpt_path=last: resuming from %s", newest)
-        return str(newest)
+        return _newest(found, ckpt_path)
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     return str(ckpt_path)

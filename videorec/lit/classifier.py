@@ -151,10 +151,19 @@ class VideoClassifier(L.LightningModule):
         return self._flops_per_clip * self._batch_clips
 
     def setup(self, stage: str) -> None:
-        if stage == "fit":
-            # one step on a dummy clip before DDP builds its buckets: weights take their gradients' strides
-            clip = torch.zeros(2, 3, *self._input_size(), device=self.device)  # batch 1 would be ambiguous too
-            match_grad_layouts(self.backbone, lambda: self(clip).float().sum())
+        trainer = self._trainer
+        if stage == "fit" and trainer is not None and trainer.world_size > 1:
+            # DDP builds its gradient buckets from the parameters' strides: first let the weights take the strides
+            # their gradients come back with, from one step on a dummy clip (batch 1 would be ambiguous too), on the
+            # training device and in the training precision, where the kernels that produce the gradients run
+            self.to(trainer.strategy.root_device)
+            clip = torch.zeros(2, 3, *self._input_size(), device=self.device)
+
+            def step() -> torch.Tensor:
+                with trainer.precision_plugin.forward_context():
+                    return self(clip).float().sum()
+
+            match_grad_layouts(self.backbone, step)
         if self.hparams.compile and stage == "fit":
             # compiled in place: the parameters keep their names, so checkpoints load everywhere without torch.compile
             self.backbone.compile()

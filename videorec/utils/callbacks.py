@@ -54,9 +54,6 @@ class LastCheckpoint(ModelCheckpoint):
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pass  # saved at the train epoch end, which follows the epoch's validation
-
 
 class ExactResume(L.Callback):
     """What a resumed run needs to continue exactly where its checkpoint was taken, whenever that was.
