@@ -180,3 +180,40 @@ def test_odd_sized_video_smaller_than_the_crop(tmp_path):
     for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
         batch = next(iter(loader))
         assert batch["video"].shape[1:] == (3, 4, 24, 24) and batch["skipped"] == []
+
+
+def test_repeated_augmentation_gives_each_video_several_clips(kinetics_root):
+    """data.num_samples=2: two differently augmented clips of each decoded video; batch_size still counts clips."""
+    aug = dict(SMALL, train_scale=(0.3, 1.0), flip=True, random_erasing=0.5)
+    dm = KineticsDataModule(root=str(kinetics_root), **aug, num_samples=2)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert loader.batch_size == 2  # videos per step: 4 clips / 2 clips each
+    batches = _all(loader)
+    assert sum(len(b["label"]) for b in batches) == 2 * len(dm.records["train"]) and len(batches) == 3
+    for batch in batches:
+        video_index = batch["video_index"]
+        assert torch.equal(video_index[0::2], video_index[1::2])  # consecutive clips of one video
+        assert not torch.equal(batch["video"][0], batch["video"][1])  # each with its own augmentation
+    again = _all(dm.train_dataloader())  # the same epoch draws the same clips: seeded by (seed, epoch, index, k)
+    assert all(torch.equal(a["video"], b["video"]) for a, b in zip(batches, again, strict=True))
+    plain = _all(KineticsDataModule(root=str(kinetics_root), **aug).train_dataloader())
+    assert sum(len(b["label"]) for b in plain) == len(dm.records["train"])  # one clip a video by default
+    with pytest.raises(ValueError, match="batch_size=4 must be a multiple of data.num_samples=3"):
+        KineticsDataModule(root=str(kinetics_root), **SMALL, num_samples=3)
+    # evaluation ignores it: every view of every video once
+    assert sum(len(b["label"]) for b in _all(dm.val_dataloader())) == len(dm.records["val"])
+
+
+def test_each_loader_worker_computes_on_one_thread():
+    class Threads(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return torch.get_num_threads()
+
+    from videorec.data.datasets import seed_worker
+
+    loader = torch.utils.data.DataLoader(Threads(), num_workers=1, worker_init_fn=seed_worker, batch_size=2)
+    assert next(iter(loader)).tolist() == [1, 1]

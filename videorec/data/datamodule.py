@@ -98,6 +98,10 @@ class VideoDataModule(L.LightningDataModule):
         timeout: seconds to wait for a worker's batch before failing (0: forever).
         in_order: hand batches over in sampler order (False lets a fast worker's batch overtake a slow one's).
         drop_last: drop the last incomplete training batch (evaluation never drops a video).
+        num_samples: repeated augmentation: each decoded training clip gives this many clips, each flipped and
+            augmented on its own draws (PySlowFast's AUG.NUM_SAMPLE). `batch_size` still counts clips, so a step
+            holds `batch_size / num_samples` videos (it must divide), and an epoch, which sees every video once,
+            takes `num_samples` times as many steps.
     """
 
     sampling: str = "dense"
@@ -138,8 +142,14 @@ class VideoDataModule(L.LightningDataModule):
         timeout: float = 0.0,
         in_order: bool = True,
         drop_last: bool = False,
+        num_samples: int = 1,
     ) -> None:
         super().__init__()
+        if num_samples < 1 or batch_size % num_samples:
+            raise ValueError(
+                f"data.batch_size={batch_size} must be a multiple of data.num_samples={num_samples} (clips per video)"
+            )
+        self.num_samples = num_samples
         self.name = name or type(self).__name__
         self.persistent_workers, self.multiprocessing_context = persistent_workers, multiprocessing_context
         self.prefetch_factor, self.timeout, self.in_order, self.drop_last = (
@@ -224,6 +234,7 @@ class VideoDataModule(L.LightningDataModule):
             return VideoClipDataset(
                 self.records[split],
                 train=True,
+                num_samples=self.num_samples,
                 transform=transform,
                 flip_prob=0.5 if self.flip else 0.0,
                 flip_labels=self.flip_labels(),
@@ -257,7 +268,7 @@ class VideoDataModule(L.LightningDataModule):
         loader = StatefulDataLoader if split == "train" else DataLoader
         return loader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size // self.num_samples if split == "train" else self.batch_size,  # videos
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=VideoCollate((3, self.num_frames, self.crop_size, self.crop_size), mixup),

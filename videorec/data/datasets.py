@@ -92,6 +92,8 @@ class VideoClipDataset(Dataset):
         flip_labels: label -> label after a horizontal flip (left/right classes swap); a label mapped to None is
             never flipped; labels not in the mapping keep their label.
         seed: base seed of the evaluation views' RNG (temporal shuffles), so evaluation is deterministic.
+        num_samples: training clips made from each decoded clip, each with its own flip and augmentation (repeated
+            augmentation: PySlowFast's AUG.NUM_SAMPLE, VideoMAE's num_sample); evaluation ignores it.
     """
 
     def __init__(
@@ -112,7 +114,10 @@ class VideoClipDataset(Dataset):
         flip_prob: float = 0.0,
         flip_labels: Mapping[int, int | None] | None = None,
         seed: int = 0,
+        num_samples: int = 1,
     ) -> None:
+        if num_samples < 1:
+            raise ValueError(f"data.num_samples must be >= 1, got {num_samples}")
         if sampling not in ("dense", "segment"):
             raise ValueError(f"sampling must be 'dense' or 'segment', got {sampling!r}")
         self.records = list(records)
@@ -122,6 +127,7 @@ class VideoClipDataset(Dataset):
         self.temporal_control, self.decoder, self.fallback_decoder = temporal_control, decoder, fallback_decoder
         self.decoder_threads = decoder_threads
         self.flip_prob, self.flip_labels, self.seed = flip_prob, dict(flip_labels or {}), seed
+        self.num_samples = num_samples if train else 1
 
     def __len__(self) -> int:
         return len(self.records) * self.num_clips
@@ -166,18 +172,36 @@ class VideoClipDataset(Dataset):
             )
         except VideoDecodeError as err:
             return [{"skipped": str(err)}]
+        if self.train:  # num_samples augmentations of the decoded clip, each with its own draws
+            return [
+                self._augmented(frames, record.label, video_index, generator, key, k) for k in range(self.num_samples)
+            ]
         label = record.label
-        if self.train:
-            flippable = self.flip_prob > 0 and self.flip_labels.get(label, label) is not None
-            if flippable and float(torch.rand((), generator=generator)) < self.flip_prob:
-                frames = frames.flip(2)  # (T, H, W, 3): mirror W
-                label = self.flip_labels.get(label, label)
-            sample = self._sample(self.transform(frames), label, video_index, 0, 0)
-            return [sample if key is None else {**sample, "seed": key}]
         return [
             self._sample(self.transform(frames, crop_index, self.num_crops), label, video_index, clip_index, crop_index)
             for crop_index in range(self.num_crops)
         ]
+
+    def _augmented(
+        self,
+        frames: torch.Tensor,
+        label: int,
+        video_index: int,
+        generator: torch.Generator | None,
+        key: int | None,
+        k: int,
+    ) -> dict[str, Any]:
+        """Training sample `k` of a decoded clip: flip and transform, reseeded by (key, k) for k > 0."""
+        if key is not None and k > 0:
+            key = sample_seed(key, k)
+            torch.manual_seed(key)  # inside the item's forked RNG: restored when the item is done
+            generator = torch.Generator().manual_seed(key)
+        flippable = self.flip_prob > 0 and self.flip_labels.get(label, label) is not None
+        if flippable and float(torch.rand((), generator=generator)) < self.flip_prob:
+            frames = frames.flip(2)  # (T, H, W, 3): mirror W
+            label = self.flip_labels.get(label, label)
+        sample = self._sample(self.transform(frames), label, video_index, 0, 0)
+        return sample if key is None else {**sample, "seed": key}
 
     @staticmethod
     def _sample(video: torch.Tensor, label: int, video_index: int, clip_index: int, crop_index: int) -> dict:
@@ -269,8 +293,12 @@ class EvalDistributedSampler(DistributedSampler):
 
 
 def seed_worker(worker_id: int, rank: int = 0) -> None:
-    """DataLoader worker init: distinct RNG streams per rank and worker (the base seed is the same on every rank)."""
+    """DataLoader worker init: one compute thread per worker (the workers together fill the cores; each with the
+    process's thread count would oversubscribe them), and distinct RNG streams per rank and worker (the base seed is
+    the same on every rank)."""
     import random
+
+    torch.set_num_threads(1)
 
     seed = (torch.initial_seed() + 1_000_003 * rank) % 2**63
     torch.manual_seed(seed)
