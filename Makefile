@@ -42,7 +42,10 @@ bench: $(STAMP) ## Benchmark the tiny models on CPU against the reference implem
 bench-train: $(STAMP) ## Training clips/s, peak memory and MFU of mvit_b and uniformer_s at 16x224 (GPU; bf16)
 	$(PY) scripts/bench_train.py
 
+bench-pipeline: $(STAMP) ## Loader vs model clips/s on a data config (DATA="data=k400 data.root=..." MODEL=mvit_b)
+	$(PY) scripts/bench_pipeline.py $(DATA) --model $(or $(MODEL),uniformer_tiny)
+
 clean: ## Remove caches and run outputs (keeps .venv)
 	rm -rf outputs multirun wandb .pytest_cache .ruff_cache
 
-.PHONY: help install demo test test-full lint format bench bench-train clean
+.PHONY: help install demo test test-full lint format bench bench-train bench-pipeline clean

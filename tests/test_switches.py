@@ -190,3 +190,19 @@ def test_training_benchmark_script_runs_on_cpu(tmp_path):
     forward = bench.forward_flops("uniformer_tiny", 8, 64)
     assert rows[0]["tflops_per_s"] == pytest.approx(3 * forward * rows[0]["clips_per_s"] / 1e12)
     assert out.is_file()
+
+
+def test_pipeline_benchmark_names_the_bottleneck(tiny_synthetic_root):
+    from conftest import load_script
+
+    bench = load_script("bench_pipeline")
+    result = bench.main(
+        [f"data.root={tiny_synthetic_root}", "data.train_per_class=2", "data.val_per_class=1", "data.batch_size=4",
+         "--model", "uniformer_tiny", "--workers", "0,1", "--batches", "3", "--steps", "1", "--warmup", "1",
+         "--device", "cpu"]
+    )  # fmt: skip
+    assert [r["workers"] for r in result["loader"]] == [0, 1]
+    assert all(r["clips_per_s"] > 0 for r in result["loader"]) and result["model_clips_per_s"] > 0
+    best = max(r["clips_per_s"] for r in result["loader"])
+    assert result["bottleneck"] == ("loader" if best < result["model_clips_per_s"] else "model")
+    assert result["workers_needed"] >= 1
