@@ -137,12 +137,21 @@ def test_parity_pytorchvideo(tmp_path):
     ref = _randomise(references.pytorchvideo_mvit_b(T, S, 10))
     path = tmp_path / "MVIT_B_16x4.pyth"
     torch.save({"model_state": ref.state_dict(), "epoch": 200}, path)  # the .pyth container of the hub checkpoints
-    # pytorchvideo's pooling LayerNorms use eps 1e-5 (torchvision and PySlowFast v2: 1e-6)
-    model = create_model("mvit_b", num_classes=10, num_frames=T, img_size=S, pool_norm_eps=1e-5, pretrained=path)
+    # pytorchvideo's pooling LayerNorms use eps 1e-5 (torchvision and PySlowFast v2: 1e-6): the format implies it, the
+    # user passes nothing
+    model = create_model("mvit_b", num_classes=10, num_frames=T, img_size=S, pretrained=path)
     x = torch.randn(2, 3, T, S, S)
     with _eval(ref, model):
         diff = (ref(x) - model(x)).abs().max().item()
     assert diff < 1e-4, diff
+    assert model.blocks[1].attn.norm_q.eps == 1e-5 and model.norm.eps == 1e-6  # only the pooling norms
+    # an explicit override still wins
+    mine = create_model("mvit_b", num_classes=10, num_frames=T, img_size=S, pool_norm_eps=1e-6, pretrained=path)
+    assert mine.blocks[1].attn.norm_q.eps == 1e-6
+    from videorec.models.checkpoints import load_pretrained
+
+    report = load_pretrained(create_model("mvit_b", num_classes=10, num_frames=T, img_size=S), path)
+    assert report.settings == {"pool_norm_eps": 1e-5} and "pool_norm_eps=1e-05" in report.summary()
 
 
 def _to_slowfast(state_dict: dict, separate_qkv: bool) -> dict:

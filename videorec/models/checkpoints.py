@@ -62,11 +62,13 @@ class LoadReport:
     inflated: list[str] = field(default_factory=list)
     dropped_head: list[str] = field(default_factory=list)
     renamed: int = 0
+    settings: dict[str, object] = field(default_factory=dict)  # architecture settings the format implied, applied
 
     def summary(self) -> str:
+        applied = ", ".join(f"{k}={v}" for k, v in self.settings.items()) or "none"
         return (
             f"{self.path}: format={self.format}, loaded {len(self.loaded)} tensors, inflated {len(self.inflated)}, "
-            f"renamed {self.renamed}, dropped head {self.dropped_head or 'none'}"
+            f"renamed {self.renamed}, dropped head {self.dropped_head or 'none'}, format settings {applied}"
         )
 
 
@@ -217,8 +219,16 @@ def own_keys_filter(name: str) -> CheckpointFilter:
     return checkpoint_filter
 
 
-def load_pretrained(model: nn.Module, path: str | Path, inflate: str | None = None) -> LoadReport:
-    """Load a checkpoint of any supported format into ``model`` (in place) and return a :class:`LoadReport`."""
+def load_pretrained(
+    model: nn.Module, path: str | Path, inflate: str | None = None, explicit: set[str] | frozenset[str] = frozenset()
+) -> LoadReport:
+    """Load a checkpoint of any supported format into ``model`` (in place) and return a :class:`LoadReport`.
+
+    A format can imply architecture settings that change outputs without changing key names or shapes (pytorchvideo's
+    MViT uses LayerNorm eps 1e-5 after pooling). The family lists them in its ``format_settings`` class attribute,
+    ``{format: {setting: value}}``, and applies them with ``apply_format_setting(name, value)``; the settings named in
+    ``explicit`` (the caller's own overrides) are left as the caller set them.
+    """
     state_dict, fmt = read_state_dict(path)
     report = LoadReport(path=str(path), format=fmt)
     filter_fn: CheckpointFilter | None = getattr(type(model), "checkpoint_filter", None)
@@ -233,6 +243,15 @@ def load_pretrained(model: nn.Module, path: str | Path, inflate: str | None = No
         state_dict, family_fmt = result
         report.format = f"{family_fmt} ({fmt})" if fmt != "state_dict" else family_fmt
         report.renamed = len(set(state_dict) - before)
+        for name, value in getattr(type(model), "format_settings", {}).get(family_fmt, {}).items():
+            if name not in explicit:
+                model.apply_format_setting(name, value)
+                report.settings[name] = value
+        if report.settings:
+            log.warning(
+                "%s: the %s format implies %s; applied to the model (pass them explicitly to override)",
+                path, family_fmt, ", ".join(f"{k}={v}" for k, v in report.settings.items()),
+            )  # fmt: skip
     mode = inflate or getattr(model, "default_inflate", "mean")
     state_dict = adapt_state_dict(state_dict, model, inflate=mode, report=report, source=str(path))
     model.load_state_dict(state_dict, strict=False)

@@ -618,6 +618,20 @@ class MViT(BackboneMixin, nn.Module):
 
     default_inflate = "center"  # a 2D patch kernel sees the centre frame only
     checkpoint_filter = staticmethod(checkpoint_filter_fn)
+    # What a format implies beyond its key names. pytorchvideo's `create_multiscale_vision_transformers` builds the
+    # LayerNorms after Q/K/V pooling with `nn.LayerNorm`'s default eps 1e-5 (pytorchvideo/layers/attention.py,
+    # `MultiScaleAttention(norm_layer=nn.LayerNorm)`); torchvision and PySlowFast use 1e-6, our default.
+    format_settings = {"pytorchvideo-mvit": {"pool_norm_eps": 1e-5}}
+
+    def apply_format_setting(self, name: str, value: float) -> None:
+        """Apply a setting of ``format_settings`` to the built model."""
+        if name != "pool_norm_eps":
+            raise ValueError(f"MViT: no format setting {name!r}")
+        for module in self.modules():
+            if isinstance(module, MultiScaleAttention):
+                for norm in (module.norm_q, module.norm_k, module.norm_v):
+                    if norm is not None:
+                        norm.eps = value
 
     def __init__(
         self,

@@ -98,7 +98,7 @@ def create_model(
     if pretrained:
         from .checkpoints import load_pretrained
 
-        load_pretrained(model, pretrained, inflate=inflate)
+        load_pretrained(model, pretrained, inflate=inflate, explicit=set(overrides))
     return model
 
 
