@@ -9,7 +9,6 @@ from videorec.models import create_model, load_pretrained
 from videorec.models.vvt import VicinityAttention, vicinity_features, vicinity_linear_attention
 from videorec.utils.profile import count_params
 
-
 # Parameters of the official image models (OpenNLPLab/Vicinity-Vision-Transformer, classification/vvt.py, vvt_tiny
 # and vvt_small with 1000 classes), counted by building them: the paper rounds them to 12.9M and 25.5M.
 OFFICIAL_PARAMS = {"vvt_t": 12_882_440, "vvt_s": 25_492_264}
