@@ -71,6 +71,45 @@ def test_train_writes_checkpoint_then_eval_reports_clip_and_video_metrics(tmp_pa
     rows = (eval_dir / "predictions.csv").read_text().splitlines()
     assert len(rows) == 9 and rows[0].startswith("video_index,path,label")
     assert "videos/val/" in rows[1]
+    # per class: support, accuracy, most-confused class; their mean is mean_class_acc
+    import csv
+
+    with open(eval_dir / "per_class.csv") as f:
+        per_class = list(csv.DictReader(f))
+    assert [r["name"] for r in per_class] == list(CLASSES) and all(r["support"] == "1" for r in per_class)
+    accuracies = [float(r["accuracy"]) for r in per_class]
+    assert saved["mean_class_acc"] == pytest.approx(sum(accuracies) / len(accuracies))
+    assert saved["mean_class_acc"] == pytest.approx(saved["video_acc1"])  # one video a class
+    for row in per_class:  # a wrong video names the class it was taken for
+        assert (row["most_confused_with"] == "") == (float(row["accuracy"]) == 1.0)
+    assert saved["videos_per_s"] > 0 and saved["views_per_s"] == pytest.approx(2 * saved["videos_per_s"])
+    assert saved["skipped_videos"] == 0 and saved["skipped"] == [] and saved["ensemble"] == "mean"
+
+
+def test_eval_max_ensemble_and_val_split(tmp_path, trained):
+    import torch
+
+    from videorec.lit import aggregate_views
+
+    run_dir, _ = trained
+    ckpt = f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"
+    _, mean = _run(tmp_path / "mean", [ckpt, "trainer=cpu", "split=val"], config="eval")
+    _, best = _run(tmp_path / "max", [ckpt, "trainer=cpu", "split=val", "ensemble=max"], config="eval")
+    assert mean["split"] == best["split"] == "val" and best["ensemble"] == "max"
+    assert mean["clip_acc1"] == best["clip_acc1"] and mean["num_clips"] == best["num_clips"]
+    # max over views, on views made up here: video 0's second view is sure of class 1, its mean still says 0
+    probs = torch.tensor([[0.6, 0.1, 0.3], [0.35, 0.65, 0.0], [0.2, 0.2, 0.6]])
+    views = dict(
+        probs=probs, label=torch.tensor([1, 1, 2]), video_index=torch.tensor([0, 0, 1]),
+        clip_index=torch.tensor([0, 1, 0]), crop_index=torch.zeros(3, dtype=torch.long),
+    )  # fmt: skip
+    assert aggregate_views(**views)["video_acc1"] == 0.5
+    combined = aggregate_views(**views, ensemble="max")
+    assert combined["video_acc1"] == 1.0 and torch.allclose(
+        combined["videos"]["probs"][0], torch.tensor([0.6, 0.65, 0.3])
+    )
+    with pytest.raises(ValueError, match="ensemble"):
+        aggregate_views(**views, ensemble="median")
 
 
 def test_wandb_offline_run_leaves_its_folder_with_metrics(tmp_path, tiny_synthetic, monkeypatch):

@@ -1,8 +1,11 @@
 """Evaluation entry point: ``python -m videorec.eval ckpt_path=<checkpoint> [data=... data.root=...]``.
 
 Runs the test split of the data (the data configuration stored in the checkpoint unless ``data=`` is given) and
-reports clip-level metrics (each view on its own) and video-level metrics (softmax probabilities of every clip x crop
-view of a video averaged). Writes ``eval.json`` and ``predictions.csv`` (one row per video) into the run directory.
+reports clip-level metrics (each view on its own) and video-level metrics (the softmax probabilities of every clip x
+crop view of a video averaged, or their maximum with ``ensemble=max``), the mean class accuracy, the throughput and
+the skipped videos. Writes ``eval.json``, ``predictions.csv`` (one row per video) and ``per_class.csv`` (support,
+accuracy and the most-confused class of each class) into the run directory. ``split=val`` evaluates the validation
+videos with the same views.
 
 Examples:
     python -m videorec.eval ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
@@ -14,15 +17,19 @@ from __future__ import annotations
 import csv
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from .data import SkippedVideosCallback
+from .lit import aggregate_views
 from .utils.run import data_overrides_on_stored, load_for_inference, print_summary, write_json
 
 __all__ = ["evaluate", "main"]
@@ -54,6 +61,41 @@ def _write_predictions(path: Path, videos: dict[str, Any], class_names: list[str
             )
 
 
+def per_class_report(videos: dict[str, Any], class_names: list[str] | None, num_classes: int) -> list[dict[str, Any]]:
+    """Per class: its support (videos), video-level top-1 accuracy, and the class its videos are most often mistaken
+    for (with how many)."""
+    names = class_names or [str(i) for i in range(num_classes)]
+    pred = videos["probs"].argmax(1)
+    label = videos["label"]
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_((label, pred), torch.ones_like(label), accumulate=True)
+    rows = []
+    for k in range(num_classes):
+        support = int(confusion[k].sum())
+        wrong = confusion[k].clone()
+        wrong[k] = 0
+        confused = int(wrong.argmax()) if wrong.sum() > 0 else None
+        rows.append(
+            {
+                "class": k,
+                "name": names[k],
+                "support": support,
+                "accuracy": float(confusion[k, k] / support) if support else float("nan"),
+                "most_confused_with": names[confused] if confused is not None else "",
+                "confused_count": int(wrong.max()) if confused is not None else 0,
+            }
+        )
+    return rows
+
+
+@rank_zero_only
+def _write_per_class(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on the test split and return the metrics written to ``eval.json``."""
     if cfg.get("seed") is not None:
@@ -72,17 +114,30 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(
             f"data has {datamodule.num_classes} classes but {ckpt} was trained for {model.hparams.num_classes}"
         )
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_model_summary=False)
+    skipped = SkippedVideosCallback()
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[skipped], enable_model_summary=False)
+    start = time.perf_counter()
     (clip,) = trainer.test(model, datamodule=datamodule, verbose=False)
-    video = model.video_results
+    seconds = time.perf_counter() - start
+    ensemble = str(cfg.get("ensemble", "mean"))
+    video = aggregate_views(**model.test_views, ensemble=ensemble) if model.test_views else model.video_results
+    per_class = per_class_report(video["videos"], model.hparams.get("class_names"), model.hparams.num_classes)
+    supported = [row["accuracy"] for row in per_class if row["support"]]
+    skipped_names = skipped.metrics["test"].names or []
     result = {
-        "clip_acc1": float(clip["test/acc1"]),
+        "clip_acc1": float(clip["test/acc1"]),  # every view scored on its own
         "clip_acc5": float(clip["test/acc5"]),
         "clip_loss": float(clip["test/loss"]),
-        "video_acc1": video["video_acc1"],
+        "video_acc1": video["video_acc1"],  # the views of each video combined (ensemble)
         "video_acc5": video["video_acc5"],
+        "mean_class_acc": sum(supported) / len(supported) if supported else float("nan"),
+        "ensemble": ensemble,
         "num_videos": video["num_videos"],
         "num_clips": video["num_clips"],
+        "videos_per_s": video["num_videos"] / seconds,
+        "views_per_s": video["num_clips"] / seconds,
+        "skipped_videos": len(skipped_names),
+        "skipped": skipped_names,
         "checkpoint": str(ckpt.resolve()),
         "model": model.hparams.model_name,
         "split": split,
@@ -93,11 +148,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     records = getattr(datamodule, "records", {}).get("test") or []
     paths = [str(r.path) for r in records] or None
     _write_predictions(output_dir / "predictions.csv", video["videos"], model.hparams.get("class_names"), paths)
-    shown = {k: v for k, v in result.items() if k not in ("checkpoint", "model")}
+    _write_per_class(output_dir / "per_class.csv", per_class)
+    shown = {k: v for k, v in result.items() if k not in ("checkpoint", "model", "skipped")}
     print_summary(
         f"videorec eval: {model.hparams.model_name}",
         shown,
-        {"eval.json": str(output_dir / "eval.json"), "predictions": str(output_dir / "predictions.csv")},
+        {
+            "eval.json": str(output_dir / "eval.json"),
+            "predictions": str(output_dir / "predictions.csv"),
+            "per class": str(output_dir / "per_class.csv"),
+        },
     )
     return result
 

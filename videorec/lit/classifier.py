@@ -109,6 +109,7 @@ class VideoClassifier(L.LightningModule):
         # one clip of the training input size: Lightning's model summary reports per-layer sizes and FLOPs with it
         self.example_input_array = torch.zeros(1, 3, *self._input_size())
         self._test_views: list[dict[str, torch.Tensor]] = []
+        self.test_views: dict[str, torch.Tensor] = {}
         self.video_results: dict[str, Any] = {}
 
     def _input_size(self) -> tuple[int, int, int]:
@@ -247,6 +248,7 @@ class VideoClassifier(L.LightningModule):
         self._test_views = []
         if views is None:
             return
+        self.test_views = views  # every rank's views, for other aggregations (eval's ensemble=max)
         self.video_results = aggregate_views(**views)
         for key in ("video_acc1", "video_acc5"):  # gathered: the same on every rank, so "max" reduces exactly
             self.log(f"test/{key}", self.video_results[key], sync_dist=True, reduce_fx="max")
@@ -292,14 +294,17 @@ def aggregate_views(
     video_index: torch.Tensor,
     clip_index: torch.Tensor,
     crop_index: torch.Tensor,
+    ensemble: str = "mean",
 ) -> dict[str, Any]:
-    """Video-level metrics: average the softmax probabilities of all views (clip x crop) of each video.
+    """Video-level metrics: combine the softmax probabilities of all views (clip x crop) of each video.
 
     Args:
         probs: (N, K) per-view class probabilities.
         label: (N,) labels.
         video_index, clip_index, crop_index: (N,) view identities. A view seen twice (e.g. from a padded sampler) is
             counted once.
+        ensemble: ``"mean"`` averages the views' probabilities (the published protocol), ``"max"`` takes the
+            largest probability of each class over the views.
 
     Returns:
         ``video_acc1``, ``video_acc5``, ``num_videos``, ``num_clips`` and ``videos``: per video its index, label,
@@ -312,11 +317,17 @@ def aggregate_views(
     probs, label, video_index = probs[keep], label[keep], video_index[keep]
     vids, inverse = torch.unique(video_index, return_inverse=True)
     K = probs.shape[1]
-    summed = torch.zeros(len(vids), K, dtype=torch.float64).index_add_(0, inverse, probs.double())
     counts = torch.bincount(inverse, minlength=len(vids))
-    mean = summed / counts.unsqueeze(1)
+    if ensemble == "mean":
+        summed = torch.zeros(len(vids), K, dtype=torch.float64).index_add_(0, inverse, probs.double())
+        combined = summed / counts.unsqueeze(1)
+    elif ensemble == "max":
+        index = inverse.unsqueeze(1).expand(-1, K)
+        combined = torch.zeros(len(vids), K, dtype=torch.float64).scatter_reduce_(0, index, probs.double(), "amax")
+    else:
+        raise ValueError(f"ensemble must be 'mean' or 'max', got {ensemble!r}")
     video_label = torch.zeros(len(vids), dtype=torch.long).index_copy_(0, inverse, label)
-    topk = mean.topk(min(5, K), dim=1).indices
+    topk = combined.topk(min(5, K), dim=1).indices
     acc1 = (topk[:, 0] == video_label).double().mean().item()
     acc5 = (topk == video_label.unsqueeze(1)).any(1).double().mean().item()
     return {
@@ -327,7 +338,7 @@ def aggregate_views(
         "videos": {
             "video_index": vids,
             "label": video_label,
-            "probs": mean.float(),
+            "probs": combined.float(),
             "num_views": counts,
         },
     }
