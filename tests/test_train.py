@@ -201,6 +201,14 @@ def test_predict_names_top_classes_and_skips_broken_files(tmp_path, trained, tin
         assert all(t["name"] in CLASSES for t in r["top"])
     saved = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert len(saved["videos"]) == 2 and len(saved["skipped"]) == 1 and "broken.mp4" in saved["skipped"][0]
+    # a list file (a header, a label column, relative paths) and output= for the JSON
+    listed = tmp_path / "mine" / "to_check.csv"
+    listed.write_text("path,label\nclockwise.mp4,4\nmove_left.mp4,1\n\nbroken.mp4,0\n")
+    out = tmp_path / "elsewhere" / "answers.json"
+    again = predict(compose_config("predict", [*overrides[:1], f"input={listed}", f"output={out}", "num_workers=0",
+                                              "topk=3"], tmp_path / "out3"))  # fmt: skip
+    assert [r["top"] for r in again] == [r["top"] for r in results]
+    assert len(json.loads(out.read_text())["skipped"]) == 1
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         predict(compose_config("predict", [*overrides[:1], f"input={tmp_path / 'nope'}"], tmp_path / "out2"))
 

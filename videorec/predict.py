@@ -13,6 +13,7 @@ Examples:
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,19 @@ __all__ = ["predict", "find_videos", "main"]
 log = logging.getLogger("videorec")
 
 
+LIST_SUFFIXES = (".txt", ".csv", ".lst", ".list")
+
+
 def find_videos(source: str | Path) -> list[Path]:
-    """A video file, or every video file under a folder (recursively, sorted)."""
+    """A video file; every video file under a folder (recursively, sorted); or the videos a list file names.
+
+    A list file (``.txt``, ``.csv``, ``.lst``) holds one video a line, its path first (relative paths start at the
+    list's folder; a label or other columns after a comma, tab or spaces are ignored); blank lines, ``#`` comments, a
+    byte-order mark and a header line whose first column is not a file are skipped.
+    """
     source = Path(source).expanduser()
+    if source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
+        return _read_list(source)
     if source.is_file():
         return [source]
     if source.is_dir():
@@ -45,6 +56,25 @@ def find_videos(source: str | Path) -> list[Path]:
             raise FileNotFoundError(f"input={source}: no video files ({', '.join(VIDEO_SUFFIXES)}) in this folder")
         return found
     raise FileNotFoundError(f"input={source}: no such file or folder")
+
+
+def _read_list(source: Path) -> list[Path]:
+    videos = []
+    for line in source.read_text(encoding="utf-8-sig").splitlines():
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        whole = Path(text).expanduser()
+        if not (whole if whole.is_absolute() else source.parent / whole).is_file():  # else a path, then columns
+            text = re.split(r",|\t|\s{2,}|\s(?=\S+$)", text, maxsplit=1)[0].strip().strip('"')
+        path = Path(text).expanduser()
+        path = path if path.is_absolute() else source.parent / path
+        if not videos and path.suffix.lower() not in VIDEO_SUFFIXES and not path.exists():
+            continue  # a header such as "path,label"
+        videos.append(path)
+    if not videos:
+        raise FileNotFoundError(f"input={source}: the list names no videos")
+    return videos
 
 
 def _device(name: str) -> torch.device:
@@ -99,9 +129,9 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
                     ],
                 }
             )
-    output_dir = Path(cfg.paths.output_dir)
-    write_json(output_dir / "predictions.json", {"checkpoint": str(ckpt), "videos": results, "skipped": skipped})
-    _show(results, skipped, output_dir / "predictions.json")
+    output = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir) / "predictions.json"
+    write_json(output, {"checkpoint": str(ckpt), "videos": results, "skipped": skipped})
+    _show(results, skipped, output)
     return results
 
 
