@@ -16,6 +16,7 @@ ENTRY_POINTS = {
     "videorec.train": [],
     "videorec.eval": ["ckpt_path=some.ckpt"],
     "videorec.predict": ["ckpt_path=some.ckpt", "input=clips/"],
+    "videorec.export": ["ckpt_path=some.ckpt", "format=onnx"],
 }
 
 

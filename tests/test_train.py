@@ -246,3 +246,44 @@ def test_compiled_run_checkpoint_loads_in_eval_predict_and_create_model(tmp_path
     assert all(
         torch.equal(create_model("uniformer_tiny", pretrained=str(old)).state_dict()[k], v) for k, v in plain.items()
     )
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "exported", "onnx"])
+def test_export_runs_without_videorec_and_matches_the_checkpoint(tmp_path, trained, fmt):
+    """The exported file, loaded by its own runtime in a fresh process that never imports videorec, gives the
+    checkpoint model's logits; its .json names the classes and the preprocessing."""
+    import torch
+
+    from videorec.export import export
+    from videorec.lit import VideoClassifier
+
+    run_dir, _ = trained
+    out = tmp_path / f"model.{fmt}"
+    overrides = [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"format={fmt}", f"output={out}"]
+    info = export(compose_config("export", overrides, tmp_path / "run"))
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta == json.loads(json.dumps(info)) and meta["class_names"] == list(CLASSES)
+    assert meta["input"]["shape"] == ["batch", 3, 8, 64, 64] and meta["preprocessing"]["mean"] == [0.45] * 3
+    assert meta["max_abs_diff_vs_checkpoint"] < 1e-4
+    onnx = "import onnxruntime as ort; s = ort.InferenceSession(path); "
+    onnx += "y = torch.from_numpy(s.run(None, {'video': x.numpy()})[0])"
+    load = {
+        "torchscript": "m = torch.jit.load(path); y = m(x)",
+        "exported": "m = torch.export.load(path).module(); y = m(x)",
+        "onnx": onnx,
+    }[fmt]
+    script = (
+        "import sys, torch\n"
+        f"path = {str(out)!r}\n"
+        "torch.manual_seed(0); x = torch.randn(3, 3, 8, 64, 64)\n"  # another batch size than the export's
+        f"{load}\n"
+        "torch.save(y, sys.argv[1]); assert 'videorec' not in sys.modules\n"
+    )
+    logits = tmp_path / "y.pt"
+    subprocess.run([sys.executable, "-c", script, str(logits)], check=True, timeout=300, cwd=tmp_path)
+    model = VideoClassifier.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt").eval()
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 8, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    assert (torch.load(logits) - expected).abs().max() < 1e-4
