@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -27,6 +26,7 @@ from omegaconf import open_dict  # noqa: E402
 
 import videorec.utils.run  # noqa: E402,F401  (the configs' resolvers)
 from videorec.models import create_model  # noqa: E402
+from videorec.utils.profile import time_training_steps  # noqa: E402
 
 
 def loader_clips_per_s(data_cfg, workers: int, batches: int, warmup: int) -> float:
@@ -52,28 +52,9 @@ def loader_clips_per_s(data_cfg, workers: int, batches: int, warmup: int) -> flo
 
 def model_clips_per_s(name: str, data_cfg, device: torch.device, steps: int, warmup: int) -> float:
     model = create_model(name, num_frames=int(data_cfg.num_frames), img_size=int(data_cfg.crop_size)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = int(data_cfg.batch_size)
     video = torch.randn(batch, 3, data_cfg.num_frames, data_cfg.crop_size, data_cfg.crop_size, device=device)
-    label = torch.randint(0, model.num_classes, (batch,), device=device)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def step() -> None:
-        with amp:
-            loss = F.cross_entropy(model(video), label)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(warmup):
-        step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return batch * steps / (time.perf_counter() - start)
+    return batch / time_training_steps(model.train(), video, steps, warmup)
 
 
 def main(argv: list[str] | None = None) -> dict:

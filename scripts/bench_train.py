@@ -17,17 +17,15 @@ import argparse
 import itertools
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from videorec.models import create_model  # noqa: E402
 from videorec.models.layers import channels_last_weights  # noqa: E402
-from videorec.utils.profile import flop_counter  # noqa: E402
+from videorec.utils.profile import flop_counter, time_training_steps  # noqa: E402
 
 
 def forward_flops(name: str, frames: int, size: int) -> float:
@@ -62,31 +60,10 @@ def run(
     model.to(device).train()
     if compile_:
         model.compile()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     video = torch.randn(args.batch, 3, args.frames, args.size, args.size, device=device)
     if channels_last:
         video = video.contiguous(memory_format=torch.channels_last_3d)
-    label = torch.randint(0, 400, (args.batch,), device=device)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-    def step() -> None:
-        with amp:
-            loss = F.cross_entropy(model(video), label)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(args.warmup):
-        step()
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
-    seconds = time.perf_counter() - start
+    seconds = args.steps * time_training_steps(model, video, args.steps, args.warmup)
     clips_per_s = args.batch * args.steps / seconds
     train_flops = 3 * forward_flops(name, args.frames, args.size)
     peak = peak_flops(device, args.peak_tflops)
