@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from omegaconf import DictConfig
 
 from .data import SkippedVideosCallback
 from .lit import aggregate_views
-from .utils.run import data_overrides_on_stored, load_for_inference, print_summary, write_json
+from .utils.run import load_for_inference, main_on_stored_data, print_summary, write_json
 
 __all__ = ["evaluate", "main"]
 
@@ -120,7 +119,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     (clip,) = trainer.test(model, datamodule=datamodule, verbose=False)
     seconds = time.perf_counter() - start
     ensemble = str(cfg.get("ensemble", "mean"))
-    video = aggregate_views(**model.test_views, ensemble=ensemble) if model.test_views else model.video_results
+    video = model.video_results  # the mean ensemble, aggregated by the module
+    if ensemble != "mean" and model.test_views:
+        video = aggregate_views(**model.test_views, ensemble=ensemble)
     per_class = per_class_report(video["videos"], model.hparams.get("class_names"), model.hparams.num_classes)
     supported = [row["accuracy"] for row in per_class if row["support"]]
     skipped_names = skipped.metrics["test"].names or []
@@ -169,8 +170,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The command line: ``data.<key>=`` overrides apply on top of the checkpoint's stored data configuration."""
-    sys.argv = [sys.argv[0], *data_overrides_on_stored(sys.argv[1:])]
-    _main()
+    main_on_stored_data(_main)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Examples:
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from .data.transforms import MEAN, STD
-from .utils.run import load_for_inference, print_summary, write_json
+from .utils.run import load_for_inference, main_on_stored_data, print_summary, write_json
 
 __all__ = ["FORMATS", "export", "main"]
 
@@ -123,10 +122,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The command line: ``data.<key>=`` overrides apply on top of the checkpoint's stored data configuration."""
-    from .utils.run import data_overrides_on_stored
-
-    sys.argv = [sys.argv[0], *data_overrides_on_stored(sys.argv[1:])]
-    _main()
+    main_on_stored_data(_main)
 
 
 if __name__ == "__main__":

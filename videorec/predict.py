@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from rich.table import Table
 
 from .data.datasets import VIDEO_SUFFIXES, VideoRecord
 from .lit import aggregate_views
-from .utils.run import data_overrides_on_stored, load_for_inference, write_json
+from .utils.run import load_for_inference, main_on_stored_data, write_json
 
 __all__ = ["predict", "find_videos", "main"]
 
@@ -155,8 +154,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The command line: ``data.<key>=`` overrides apply on top of the checkpoint's stored data configuration."""
-    sys.argv = [sys.argv[0], *data_overrides_on_stored(sys.argv[1:])]
-    _main()
+    main_on_stored_data(_main)
 
 
 if __name__ == "__main__":

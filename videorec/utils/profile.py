@@ -130,9 +130,7 @@ def time_training_steps(model: nn.Module, video: torch.Tensor, steps: int, warmu
 
     device = video.device
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    with torch.no_grad():
-        num_classes = model(video[:1]).shape[-1]
-    label = torch.randint(0, num_classes, (video.shape[0],), device=device)
+    label = torch.randint(0, model.num_classes, (video.shape[0],), device=device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 

@@ -7,7 +7,8 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 __all__ = [
     "data_overrides_on_stored",
+    "main_on_stored_data",
     "load_for_inference",
     "run_name",
     "default_precision",
@@ -94,6 +96,13 @@ def data_overrides_on_stored(args: list[str]) -> list[str]:
     if any(re.match(r"^\+{0,2}data=", arg) for arg in args):
         return args  # data=<name> replaces the stored configuration: its keys exist
     return [f"++{arg}" if re.match(r"^data\.[\w.]+=", arg) else arg for arg in args]
+
+
+def main_on_stored_data(hydra_main: Callable[[], Any]) -> None:
+    """Run an inference entry point's ``@hydra.main`` function with ``data.<key>=`` overrides that apply on top of the
+    checkpoint's stored data configuration (see :func:`data_overrides_on_stored`)."""
+    sys.argv = [sys.argv[0], *data_overrides_on_stored(sys.argv[1:])]
+    hydra_main()
 
 
 def load_for_inference(cfg: DictConfig) -> tuple[Path, Any, DictConfig]:
