@@ -100,11 +100,8 @@ class VideoClassifier(L.LightningModule):
         self.train_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
-        self.test_acc1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.test_acc5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
         self.val_acc1_best = MaxMetric()
         # one clip of the training input size: Lightning's model summary reports per-layer sizes and FLOPs with it
         self.example_input_array = torch.zeros(1, 3, *self._input_size())
@@ -192,28 +189,22 @@ class VideoClassifier(L.LightningModule):
         return loss
 
     # --- evaluation ---
-    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor | None:
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        """Logs the epoch's val/loss, val/acc1 and val/acc5; returns the logits (for callbacks such as the W&B
+        validation samples) or None for a batch whose videos were all undecodable."""
         video, label = batch["video"], batch["label"]
         if video.shape[0] == 0:
             return None
         logits = self(video)
         loss = F.cross_entropy(logits, label)
         bs = video.shape[0]
-        metrics = {
-            "val": (self.val_loss, self.val_acc1, self.val_acc5),
-            "test": (self.test_loss, self.test_acc1, self.test_acc5),
-        }
-        loss_m, acc1, acc5 = metrics[stage]
-        loss_m(loss, bs)
-        acc1(logits, label)
-        acc5(logits, label)
-        self.log(f"{stage}/loss", loss_m, on_step=False, on_epoch=True, batch_size=bs)
-        self.log(f"{stage}/acc1", acc1, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
-        self.log(f"{stage}/acc5", acc5, on_step=False, on_epoch=True, batch_size=bs)
-        return logits
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+        self.val_loss(loss, bs)
+        self.val_acc1(logits, label)
+        self.val_acc5(logits, label)
+        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, batch_size=bs)
+        self.log("val/acc1", self.val_acc1, on_step=False, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log("val/acc5", self.val_acc5, on_step=False, on_epoch=True, batch_size=bs)
+        return logits.detach()
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
@@ -228,15 +219,19 @@ class VideoClassifier(L.LightningModule):
         self.video_results = {}
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self._eval_step(batch, "test")
-        if logits is None:
+        """Keeps every view's probabilities and loss; the metrics are computed once per epoch from the views of all
+        ranks (``on_test_epoch_end``), so that each view counts exactly once whatever the world size."""
+        video, label = batch["video"], batch["label"]
+        if video.shape[0] == 0:
             return
+        logits = self(video).float()
         n = logits.shape[0]
         zeros = torch.zeros(n, dtype=torch.long)
         self._test_views.append(
             {
-                "probs": logits.float().softmax(-1).cpu(),
-                "label": batch["label"].cpu(),
+                "probs": logits.softmax(-1).cpu(),
+                "loss": F.cross_entropy(logits, label, reduction="none").cpu(),
+                "label": label.cpu(),
                 "video_index": batch.get("video_index", zeros).cpu(),
                 "clip_index": batch.get("clip_index", zeros).cpu(),
                 "crop_index": batch.get("crop_index", zeros).cpu(),
@@ -250,8 +245,10 @@ class VideoClassifier(L.LightningModule):
             return
         self.test_views = views  # every rank's views, for other aggregations (eval's ensemble=max)
         self.video_results = aggregate_views(**views)
-        for key in ("video_acc1", "video_acc5"):  # gathered: the same on every rank, so "max" reduces exactly
-            self.log(f"test/{key}", self.video_results[key], sync_dist=True, reduce_fx="max")
+        # gathered and de-duplicated: the same on every rank (so "max" reduces exactly) and the same at any world size
+        clip_level = {"clip_acc1": "acc1", "clip_acc5": "acc5", "clip_loss": "loss"}  # test/acc1: every view alone
+        for key in ("clip_acc1", "clip_acc5", "clip_loss", "video_acc1", "video_acc5"):
+            self.log(f"test/{clip_level.get(key, key)}", self.video_results[key], sync_dist=True, reduce_fx="max")
 
     # --- optimisation ---
     def configure_optimizers(self) -> dict[str, Any]:
@@ -274,7 +271,7 @@ class VideoClassifier(L.LightningModule):
 
 def _gather_views(local: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor] | None:
     """Concatenate this rank's per-view outputs and gather them from every rank."""
-    keys = ("probs", "label", "video_index", "clip_index", "crop_index")
+    keys = ("probs", "loss", "label", "video_index", "clip_index", "crop_index")
     cat = {k: torch.cat([v[k] for v in local]) if local else torch.empty(0) for k in keys}
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         parts: list[dict[str, torch.Tensor] | None] = [None] * dist.get_world_size()
@@ -295,42 +292,56 @@ def aggregate_views(
     clip_index: torch.Tensor,
     crop_index: torch.Tensor,
     ensemble: str = "mean",
+    loss: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Video-level metrics: combine the softmax probabilities of all views (clip x crop) of each video.
+    """Clip-level and video-level metrics from every view (clip x crop) of every video.
+
+    Each view is counted once, however often and in whatever order it comes (a padded sampler, the ranks' gather
+    order): the views are de-duplicated by ``(video_index, clip_index, crop_index)`` and put in that order, so the
+    figures are the same at any world size.
 
     Args:
         probs: (N, K) per-view class probabilities.
         label: (N,) labels.
-        video_index, clip_index, crop_index: (N,) view identities. A view seen twice (e.g. from a padded sampler) is
-            counted once.
+        video_index, clip_index, crop_index: (N,) view identities.
         ensemble: ``"mean"`` averages the views' probabilities (the published protocol), ``"max"`` takes the
             largest probability of each class over the views.
+        loss: (N,) per-view cross-entropy, for ``clip_loss`` (NaN without it).
 
     Returns:
-        ``video_acc1``, ``video_acc5``, ``num_videos``, ``num_clips`` and ``videos``: per video its index, label,
-        averaged probabilities and number of views.
+        ``clip_acc1``, ``clip_acc5``, ``clip_loss`` (every view scored on its own), ``video_acc1``, ``video_acc5``
+        (the views of each video combined), ``num_videos``, ``num_clips`` (views) and ``videos``: per video its
+        index, label, combined probabilities and number of views.
     """
+    if ensemble not in ("mean", "max"):
+        raise ValueError(f"ensemble must be 'mean' or 'max', got {ensemble!r}")
     seen: dict[tuple[int, int, int], int] = {}
     for i, key in enumerate(zip(video_index.tolist(), clip_index.tolist(), crop_index.tolist(), strict=True)):
         seen.setdefault(key, i)
-    keep = torch.tensor(sorted(seen.values()), dtype=torch.long)
+    keep = torch.tensor([seen[key] for key in sorted(seen)], dtype=torch.long)
     probs, label, video_index = probs[keep], label[keep], video_index[keep]
-    vids, inverse = torch.unique(video_index, return_inverse=True)
     K = probs.shape[1]
+    k5 = min(5, K)
+    clip_top = probs.topk(k5, dim=1).indices
+    clip_acc1 = (clip_top[:, 0] == label).double().mean().item()
+    clip_acc5 = (clip_top == label.unsqueeze(1)).any(1).double().mean().item()
+    clip_loss = loss[keep].double().mean().item() if loss is not None and loss.numel() else float("nan")
+    vids, inverse = torch.unique(video_index, return_inverse=True)
     counts = torch.bincount(inverse, minlength=len(vids))
     if ensemble == "mean":
         summed = torch.zeros(len(vids), K, dtype=torch.float64).index_add_(0, inverse, probs.double())
         combined = summed / counts.unsqueeze(1)
-    elif ensemble == "max":
+    else:
         index = inverse.unsqueeze(1).expand(-1, K)
         combined = torch.zeros(len(vids), K, dtype=torch.float64).scatter_reduce_(0, index, probs.double(), "amax")
-    else:
-        raise ValueError(f"ensemble must be 'mean' or 'max', got {ensemble!r}")
     video_label = torch.zeros(len(vids), dtype=torch.long).index_copy_(0, inverse, label)
-    topk = combined.topk(min(5, K), dim=1).indices
+    topk = combined.topk(k5, dim=1).indices
     acc1 = (topk[:, 0] == video_label).double().mean().item()
     acc5 = (topk == video_label.unsqueeze(1)).any(1).double().mean().item()
     return {
+        "clip_acc1": clip_acc1,
+        "clip_acc5": clip_acc5,
+        "clip_loss": clip_loss,
         "video_acc1": acc1,
         "video_acc5": acc5,
         "num_videos": len(vids),
