@@ -170,10 +170,13 @@ def _to_slowfast(state_dict: dict, separate_qkv: bool) -> dict:
 
 @pytest.mark.parametrize(("overrides", "separate_qkv"), [(V1_TINY, True), ({}, False)])
 def test_slowfast_checkpoint(tmp_path, overrides, separate_qkv):
-    src = _randomise(create_model("mvit_tiny", **overrides))
+    """Separate q / k / v is the PySlowFast code of 2021, whose pooling LayerNorms have eps 1e-5: the format says so."""
+    eps = 1e-5 if separate_qkv else 1e-6
+    src = _randomise(create_model("mvit_tiny", pool_norm_eps=eps, **overrides))
     path = tmp_path / "slowfast.pyth"
     torch.save({"model_state": _to_slowfast(src.state_dict(), separate_qkv), "epoch": 1}, path)
     model = create_model("mvit_tiny", pretrained=path, **overrides)
+    assert model.blocks[1].attn.norm_q.eps == eps
     x = torch.randn(2, 3, 8, 64, 64)
     with _eval(src, model):
         torch.testing.assert_close(model(x), src(x))

@@ -6,9 +6,13 @@ The pipeline of :func:`load_pretrained`:
    checkpoints (``state_dict`` with a ``backbone.`` prefix), PySlowFast / pytorchvideo ``.pyth`` files
    (``model_state``), official UniFormer files (``model``), DDP ``module.`` prefixes, or a bare state dict.
 2. The family's converter, the model class's ``checkpoint_filter`` attribute (a :data:`CheckpointFilter`; subclasses
-   inherit it), renames foreign keys and resizes position tables and returns ``(state_dict, format_name)``. A family
-   whose checkpoints carry its own names uses :func:`own_keys_filter`; a model without the attribute loads as is.
-3. :func:`adapt_state_dict` inflates 2D kernels (or 3D kernels with one temporal tap) to 3D (``"mean"`` or
+   inherit it), renames foreign keys and resizes position tables and returns ``(state_dict, format_name)``, or
+   ``(state_dict, format_name, FilterNotes)`` to report the tensors it resized or dropped. A family whose checkpoints
+   carry its own names uses :func:`own_keys_filter`; a model without the attribute loads as is.
+3. The architecture settings the format implies (the family's ``format_settings[format_name]``; for our own Lightning
+   checkpoints, the family's settings stored in the checkpoint's ``hyper_parameters.backbone_kwargs``) are applied
+   to the model with ``apply_format_setting``, except those the caller set explicitly.
+4. :func:`adapt_state_dict` inflates 2D kernels (or 3D kernels with one temporal tap) to 3D (``"mean"`` or
    ``"center"``), drops a classifier of another size with a warning, and raises an error naming every key that still
    does not fit.
 """
@@ -27,25 +31,72 @@ import torch.nn as nn
 __all__ = [
     "CheckpointError",
     "CheckpointFilter",
+    "FilterNotes",
+    "FormatNote",
+    "implied_settings",
     "own_keys_filter",
     "is_image_checkpoint",
     "LoadReport",
     "read_state_dict",
+    "read_checkpoint",
     "adapt_state_dict",
     "inflate_weight",
     "load_pretrained",
     "strip_prefix",
     "strip_compiled",
+    "format_setting_names",
 ]
 
 log = logging.getLogger(__name__)
 
 INFLATE_MODES = ("mean", "center")
 
-CheckpointFilter = Callable[[dict[str, torch.Tensor], nn.Module], tuple[dict[str, torch.Tensor], str]]
-"""A family's converter: ``(state_dict, model) -> (state_dict, format_name)``, the state dict in the family's key
-names (renamed, position tables resized to the model) and the name of the format it was found in. Set on the model
-class as ``checkpoint_filter = staticmethod(fn)``."""
+CheckpointFilter = Callable[[dict[str, torch.Tensor], nn.Module], tuple]
+"""A family's converter: ``(state_dict, model) -> (state_dict, format_name)`` or ``(state_dict, format_name,
+FilterNotes)``, the state dict in the family's key names (renamed, position tables resized to the model) and the name
+of the format it was found in. Set on the model class as ``checkpoint_filter = staticmethod(fn)``."""
+
+
+@dataclass
+class FilterNotes:
+    """What a family's converter changed beyond renaming, for the load report."""
+
+    resized: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)  # key: (old, new)
+    dropped: dict[str, str] = field(default_factory=dict)  # key: why the model has no use for it
+
+    def resize(self, key: str, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """Record that ``key`` was resampled from ``old``'s shape to ``new``'s (when they differ) and return ``new``."""
+        if tuple(old.shape) != tuple(new.shape):
+            self.resized[key] = (tuple(old.shape), tuple(new.shape))
+        return new
+
+
+@dataclass(frozen=True)
+class FormatNote:
+    """One architecture setting of a checkpoint format, read from the code that writes the format.
+
+    A family lists its notes in ``FORMAT_NOTES``; ``implies`` is the format setting the note makes the loader apply
+    (``{name: value}``, the family's ``format_settings[format]``), empty when the source's value is our default.
+    """
+
+    format: str
+    setting: str
+    value: str
+    source: str
+    implies: tuple[tuple[str, object], ...] = ()
+
+    def row(self) -> str:
+        applied = ", ".join(f"`{k}={v}`" for k, v in self.implies) or "ours"
+        return f"| `{self.format}` | {self.setting} | {self.value} | {applied} | {self.source} |"
+
+
+def implied_settings(notes: list[FormatNote]) -> dict[str, dict[str, object]]:
+    """``{format: {setting: value}}`` from a family's notes: what its ``format_settings`` must hold."""
+    out: dict[str, dict[str, object]] = {}
+    for note in notes:
+        for name, value in note.implies:
+            out.setdefault(note.format, {})[name] = value
+    return out
 
 
 class CheckpointError(RuntimeError):
@@ -63,12 +114,16 @@ class LoadReport:
     dropped_head: list[str] = field(default_factory=list)
     renamed: int = 0
     settings: dict[str, object] = field(default_factory=dict)  # architecture settings the format implied, applied
+    resized: list[str] = field(default_factory=list)  # position tables resampled to the model's input size
+    resized_shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    dropped: dict[str, str] = field(default_factory=dict)  # tensors of the source the model has no use for: why
 
     def summary(self) -> str:
         applied = ", ".join(f"{k}={v}" for k, v in self.settings.items()) or "none"
         return (
             f"{self.path}: format={self.format}, loaded {len(self.loaded)} tensors, inflated {len(self.inflated)}, "
-            f"renamed {self.renamed}, dropped head {self.dropped_head or 'none'}, format settings {applied}"
+            f"resized {len(self.resized)}, renamed {self.renamed}, dropped {sorted(self.dropped) or 'none'}, "
+            f"dropped head {self.dropped_head or 'none'}, format settings {applied}"
         )
 
 
@@ -79,6 +134,13 @@ def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """Load a checkpoint file safely and return its model state dict and the container format."""
+    state_dict, container, _ = read_checkpoint(path)
+    return state_dict, container
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str, dict]:
+    """Load a checkpoint file safely: its model state dict, the container format and, for our Lightning checkpoints,
+    the ``hyper_parameters`` (an empty dict otherwise)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -89,9 +151,10 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: expected a dict, found {type(ckpt).__name__}")
 
-    fmt = "state_dict"
+    fmt, hparams = "state_dict", {}
     if "pytorch-lightning_version" in ckpt or ("state_dict" in ckpt and "hyper_parameters" in ckpt):
         sd, fmt = ckpt["state_dict"], "lightning"
+        hparams = ckpt.get("hyper_parameters") or {}
         if any(k.startswith("backbone.") for k in sd):
             sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
     else:
@@ -105,7 +168,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         raise CheckpointError(f"{path}: no tensors found (top-level keys: {sorted(ckpt)[:20]})")
     if all(k.startswith("module.") for k in sd):
         sd = strip_prefix(sd, "module.")
-    return strip_compiled(sd), fmt
+    return strip_compiled(sd), fmt, dict(hparams)
 
 
 def strip_compiled(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -226,34 +289,70 @@ def load_pretrained(
 
     A format can imply architecture settings that change outputs without changing key names or shapes (pytorchvideo's
     MViT uses LayerNorm eps 1e-5 after pooling). The family lists them in its ``format_settings`` class attribute,
-    ``{format: {setting: value}}``, and applies them with ``apply_format_setting(name, value)``; the settings named in
-    ``explicit`` (the caller's own overrides) are left as the caller set them.
+    ``{format: {setting: value}}``, and applies them with ``apply_format_setting(name, value)``; our own Lightning
+    checkpoints carry them in ``hyper_parameters.backbone_kwargs``. The settings named in ``explicit`` (the caller's
+    own overrides) are left as the caller set them. The applied settings are also kept on the model as
+    ``model.applied_format_settings``, so that a training module can store them with its hyperparameters.
     """
-    state_dict, fmt = read_state_dict(path)
+    state_dict, fmt, hparams = read_checkpoint(path)
     report = LoadReport(path=str(path), format=fmt)
     filter_fn: CheckpointFilter | None = getattr(type(model), "checkpoint_filter", None)
+    family_fmt = None
     if filter_fn is not None:
         before = set(state_dict)
         result = filter_fn(state_dict, model)
-        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], str)):
+        if not (
+            isinstance(result, tuple)
+            and len(result) in (2, 3)
+            and isinstance(result[1], str)
+            and (len(result) == 2 or isinstance(result[2], FilterNotes))
+        ):
             raise TypeError(
-                f"{type(model).__name__}.checkpoint_filter must return (state_dict, format_name), "
-                f"got {type(result).__name__}"
+                f"{type(model).__name__}.checkpoint_filter must return (state_dict, format_name) or "
+                f"(state_dict, format_name, FilterNotes), got {type(result).__name__}"
             )
-        state_dict, family_fmt = result
+        state_dict, family_fmt = result[0], result[1]
+        notes = result[2] if len(result) == 3 else FilterNotes()
         report.format = f"{family_fmt} ({fmt})" if fmt != "state_dict" else family_fmt
         report.renamed = len(set(state_dict) - before)
-        for name, value in getattr(type(model), "format_settings", {}).get(family_fmt, {}).items():
-            if name not in explicit:
-                model.apply_format_setting(name, value)
-                report.settings[name] = value
-        if report.settings:
-            log.warning(
-                "%s: the %s format implies %s; applied to the model (pass them explicitly to override)",
-                path, family_fmt, ", ".join(f"{k}={v}" for k, v in report.settings.items()),
-            )  # fmt: skip
+        report.resized = sorted(notes.resized)
+        report.resized_shapes = dict(notes.resized)
+        report.dropped = dict(notes.dropped)
+    settings = dict(getattr(type(model), "format_settings", {}).get(family_fmt, {})) if family_fmt else {}
+    settings.update(_stored_settings(model, hparams))
+    for name, value in settings.items():
+        if name not in explicit:
+            model.apply_format_setting(name, value)
+            report.settings[name] = value
+    if report.settings:
+        model.applied_format_settings = dict(report.settings)
+        log.warning(
+            "%s: the %s format implies %s; applied to the model (pass them explicitly to override)",
+            path, family_fmt or fmt, ", ".join(f"{k}={v}" for k, v in report.settings.items()),
+        )  # fmt: skip
+    if report.dropped:
+        log.info("%s: dropped %s", path, ", ".join(f"{k} ({why})" for k, why in sorted(report.dropped.items())))
     mode = inflate or getattr(model, "default_inflate", "mean")
     state_dict = adapt_state_dict(state_dict, model, inflate=mode, report=report, source=str(path))
     model.load_state_dict(state_dict, strict=False)
     log.info(report.summary())
     return report
+
+
+def format_setting_names(model_or_cls: nn.Module | type) -> set[str]:
+    """The settings a family's ``apply_format_setting`` accepts: every name its ``format_settings`` use, plus the
+    extra ones it lists in ``extra_format_settings``."""
+    cls = model_or_cls if isinstance(model_or_cls, type) else type(model_or_cls)
+    names = set(getattr(cls, "extra_format_settings", ()))
+    for settings in getattr(cls, "format_settings", {}).values():
+        names |= set(settings)
+    return names
+
+
+def _stored_settings(model: nn.Module, hparams: dict) -> dict[str, object]:
+    """The family's format settings stored in a Lightning checkpoint's ``backbone_kwargs`` (our own format)."""
+    stored = hparams.get("backbone_kwargs") or {}
+    if not isinstance(stored, dict):
+        return {}
+    names = format_setting_names(model)
+    return {k: v for k, v in stored.items() if k in names}

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoints import CheckpointError
+from .checkpoints import CheckpointError, FilterNotes, FormatNote, implied_settings
 from .layers import (
     BackboneMixin,
     DropPath,
@@ -533,17 +533,22 @@ def _detect_format(state_dict: dict[str, torch.Tensor]) -> str:
         return "torchvision-mvit"
     if "patch_embed.patch_model.weight" in keys or any(k.startswith("cls_positional_encoding.") for k in keys):
         return "pytorchvideo-mvit"
-    if "head.projection.weight" in keys or any(re.search(r"\.attn\.q\.weight$", k) for k in keys):
+    if any(re.search(r"\.attn\.q\.weight$", k) for k in keys):
+        return "slowfast-mvit-2021"  # separate q / k / v linears: the PySlowFast code of the MViT (v1) release
+    if "head.projection.weight" in keys:
         return "slowfast-mvit"
     return "mvit"
 
 
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MViT) -> tuple[dict[str, torch.Tensor], str]:
+def checkpoint_filter_fn(
+    state_dict: dict[str, torch.Tensor], model: MViT
+) -> tuple[dict[str, torch.Tensor], str, FilterNotes]:
     """Convert a torchvision / pytorchvideo / PySlowFast MViT state dict to our names and the model's input size.
 
-    The format is detected from the keys. Absolute position embeddings (separable space / time) are resampled to the
-    model's patch grid (bicubic in space, linear in time) and relative position tables linearly to the model's table
-    lengths, so a checkpoint trained at another ``num_frames`` / ``img_size`` loads.
+    The format is detected from the keys (see :data:`FORMAT_NOTES`). Absolute position embeddings (separable space /
+    time) are resampled to the model's patch grid (bicubic in space, linear in time) and relative position tables
+    linearly to the model's table lengths, so a checkpoint trained at another ``num_frames`` / ``img_size`` loads; the
+    resampled tensors are listed in the returned :class:`~videorec.models.checkpoints.FilterNotes`.
     """
     fmt = _detect_format(state_dict)
     if fmt == "torchvision-mvit":
@@ -561,17 +566,19 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MViT) -> tu
                 "(cls_positional_encoding.pos_embed) is not supported; MViT here uses sep_pos_embed=True"
             )
         sd = _fuse_qkv(_rename(state_dict, _PYTORCHVIDEO_RULES))
-    elif fmt == "slowfast-mvit":
+    elif fmt.startswith("slowfast-mvit"):
         if "pos_embed" in state_dict:
             raise CheckpointError("PySlowFast MViT with a joint position embedding (pos_embed) is not supported")
         sd = _fuse_qkv(_rename(state_dict, _SLOWFAST_RULES))
     else:
         sd = dict(state_dict)
-    return _resize_positions(sd, model), fmt
+    notes = FilterNotes()
+    return _resize_positions(sd, model, notes), fmt, notes
 
 
-def _resize_positions(sd: dict[str, torch.Tensor], model: MViT) -> dict[str, torch.Tensor]:
-    """Resample position embeddings and relative tables of ``sd`` that do not match ``model``'s sizes."""
+def _resize_positions(sd: dict[str, torch.Tensor], model: MViT, notes: FilterNotes) -> dict[str, torch.Tensor]:
+    """Resample position embeddings and relative tables of ``sd`` that do not match ``model``'s sizes (recorded in
+    ``notes``)."""
     target = model.state_dict()
     if "pos_embed_spatial" in sd and "pos_embed_spatial" in target:
         src, dst = sd["pos_embed_spatial"], target["pos_embed_spatial"]
@@ -579,15 +586,73 @@ def _resize_positions(sd: dict[str, torch.Tensor], model: MViT) -> dict[str, tor
             old = math.isqrt(src.shape[1])
             if old * old != src.shape[1]:
                 raise CheckpointError(f"pos_embed_spatial {tuple(src.shape)}: the checkpoint's grid is not square")
-            sd["pos_embed_spatial"] = resize_pos_embed_spatial(src, (old, old), model.patch_grid[1:])
+            new = resize_pos_embed_spatial(src, (old, old), model.patch_grid[1:])
+            sd["pos_embed_spatial"] = notes.resize("pos_embed_spatial", src, new)
     if "pos_embed_temporal" in sd and "pos_embed_temporal" in target:
         src = sd["pos_embed_temporal"]
         if src.ndim == 3:
-            sd["pos_embed_temporal"] = resize_pos_embed_temporal(src, target["pos_embed_temporal"].shape[1])
+            new = resize_pos_embed_temporal(src, target["pos_embed_temporal"].shape[1])
+            sd["pos_embed_temporal"] = notes.resize("pos_embed_temporal", src, new)
     for key, value in sd.items():
         if ".rel_pos_" in key and key in target and value.ndim == 2 and value.shape[1] == target[key].shape[1]:
-            sd[key] = resize_rel_pos(value, target[key].shape[0])
+            sd[key] = notes.resize(key, value, resize_rel_pos(value, target[key].shape[0]))
     return sd
+
+
+_TV = "torchvision/models/video/mvit.py"
+_PTV = "pytorchvideo/layers/attention.py, models/vision_transformers.py, models/head.py (0.1.5)"
+_SF = "facebookresearch/SlowFast slowfast/models/{attention,video_model_builder,head_helper,common}.py"
+_SF21 = "the same files at commit e289403 (June 2021, before the MViTv2 release 1aebd71)"
+FORMAT_NOTES: list[FormatNote] = [
+    # torchvision: keys conv_proj., pos_encoding., attn.pool_q.norm_act.0.
+    FormatNote("torchvision-mvit", "LayerNorm eps (blocks, final, after pooling)", "1e-6", _TV),
+    FormatNote("torchvision-mvit", "qkv bias", "True", _TV),
+    FormatNote("torchvision-mvit", "head", "class token after the norm, Dropout(0.5), Linear; no activation", _TV),
+    FormatNote("torchvision-mvit", "GELU / attention scale", "exact / head_dim ** -0.5", _TV),
+    FormatNote("torchvision-mvit", "v2: residual pooling, relative positions", "True, True (mvit_v2_s)", _TV),
+    # pytorchvideo: keys patch_embed.patch_model., cls_positional_encoding.
+    FormatNote("pytorchvideo-mvit", "LayerNorm eps (blocks, final)", "1e-6", _PTV),
+    FormatNote(
+        "pytorchvideo-mvit", "LayerNorm eps after Q/K/V pooling",
+        "1e-5 (MultiScaleBlock builds MultiScaleAttention(norm_layer=nn.LayerNorm))", _PTV, (("pool_norm_eps", 1e-5),),
+    ),
+    FormatNote("pytorchvideo-mvit", "qkv bias", "True", _PTV),
+    FormatNote("pytorchvideo-mvit", "head", "class token after the norm, Dropout(0.5), Linear; activation None", _PTV),
+    FormatNote("pytorchvideo-mvit", "GELU / attention scale", "exact / head_dim ** -0.5", _PTV),
+    # PySlowFast since the MViTv2 release: keys head.projection., fused attn.qkv.
+    FormatNote("slowfast-mvit", "LayerNorm eps (blocks, final, after pooling)", "1e-6 (MVIT.NORM layernorm)", _SF),
+    FormatNote("slowfast-mvit", "qkv bias", "True (MVIT.QKV_BIAS)", _SF),
+    FormatNote(
+        "slowfast-mvit", "head",
+        "class token after the norm, Dropout(0.5), Linear, softmax at eval (MODEL.HEAD_ACT); ours returns the "
+        "logits before that softmax", _SF,
+    ),
+    FormatNote("slowfast-mvit", "GELU / attention scale", "exact / head_dim ** -0.5", _SF),
+    FormatNote("slowfast-mvit", "relative-position table resampling", "linear (get_rel_pos)", _SF),
+    FormatNote(
+        "slowfast-mvit", "mean pooling (MVIT.USE_MEAN_POOLING)",
+        "False in the published configs; when True: mean, then norm (our global_pool='avg' is norm, then mean)", _SF,
+    ),
+    # PySlowFast of the MViT (v1) release, which wrote the published MViT-B .pyth files: separate attn.q/k/v.
+    FormatNote(
+        "slowfast-mvit-2021", "LayerNorm eps after Q/K/V pooling",
+        "1e-5 (MultiScaleBlock builds MultiScaleAttention(norm_layer=nn.LayerNorm)); the current code passes "
+        "its own 1e-6 norm_layer and writes fused qkv unless MVIT.SEPARATE_QKV (no published config sets it)",
+        _SF21, (("pool_norm_eps", 1e-5),),
+    ),
+    FormatNote("slowfast-mvit-2021", "LayerNorm eps (blocks, final)", "1e-6", _SF21),
+    FormatNote("slowfast-mvit-2021", "q, k, v", "separate linears, fused into our qkv on load", _SF21),
+    FormatNote("slowfast-mvit-2021", "head, GELU, attention scale", "as slowfast-mvit", _SF21),
+    # ours
+    FormatNote(
+        "mvit", "every setting", "what the run used: a Lightning checkpoint's hyper_parameters.backbone_kwargs "
+        "(pool_norm_eps re-applied); a plain state dict carries none", "videorec.lit.VideoClassifier",
+    ),
+]  # fmt: skip
+"""Every MViT format's settings that change outputs without changing key names or shapes, with the source file."""
+
+FORMAT_SETTINGS: dict[str, dict[str, object]] = implied_settings(FORMAT_NOTES)
+"""The settings of :data:`FORMAT_NOTES` that differ from our defaults, applied when the format is detected."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -618,15 +683,12 @@ class MViT(BackboneMixin, nn.Module):
 
     default_inflate = "center"  # a 2D patch kernel sees the centre frame only
     checkpoint_filter = staticmethod(checkpoint_filter_fn)
-    # What a format implies beyond its key names. pytorchvideo's `create_multiscale_vision_transformers` builds the
-    # LayerNorms after Q/K/V pooling with `nn.LayerNorm`'s default eps 1e-5 (pytorchvideo/layers/attention.py,
-    # `MultiScaleAttention(norm_layer=nn.LayerNorm)`); torchvision and PySlowFast use 1e-6, our default.
-    format_settings = {"pytorchvideo-mvit": {"pool_norm_eps": 1e-5}}
+    format_settings = FORMAT_SETTINGS
 
     def apply_format_setting(self, name: str, value: float) -> None:
         """Apply a setting of ``format_settings`` to the built model."""
         if name != "pool_norm_eps":
-            raise ValueError(f"MViT: no format setting {name!r}")
+            raise ValueError(f"MViT: no format setting {name!r} (known: pool_norm_eps)")
         for module in self.modules():
             if isinstance(module, MultiScaleAttention):
                 for norm in (module.norm_q, module.norm_k, module.norm_v):

@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoints import FormatNote, implied_settings
 from .layers import (
     BackboneMixin,
     DropPath,
@@ -69,6 +70,7 @@ __all__ = [
 
 Size3 = tuple[int, int, int]
 TEMPORAL_PADDINGS = ("zeros", "replicate")
+LSA_PADDINGS = ("masked", "zeros")
 
 
 class SameTimeConv3d(nn.Conv3d):
@@ -232,9 +234,12 @@ class GlobalSubSampleAttn3d(nn.Module):
 class LocallyGroupedAttn3d(nn.Module):
     """LSA: self-attention inside non-overlapping (t, h, w) windows.
 
-    A window larger than the grid along an axis shrinks to the grid (one window spans that axis). Otherwise a grid
-    the window does not divide is zero-padded at the end and the padded keys are masked out of every softmax, so each
-    window attends over its real tokens only (queries at padded positions are computed and discarded).
+    With ``padding="masked"`` (ours) a window larger than the grid along an axis shrinks to the grid (one window
+    spans that axis); otherwise a grid the window does not divide is zero-padded at the end and the padded keys are
+    masked out of every softmax, so each window attends over its real tokens only (queries at padded positions are
+    computed and discarded). With ``padding="zeros"`` (timm's ``LocallyGroupedAttn``) the spatial axes are padded to
+    a multiple of the full window with zero tokens that every query attends to (their keys and values are the qkv
+    bias); time stays as with ``"masked"``. The two agree whenever the window divides the grid (224 px inputs).
 
     Args:
         dim: channels.
@@ -242,6 +247,7 @@ class LocallyGroupedAttn3d(nn.Module):
         window_size: (t, h, w) window.
         attn_drop: attention dropout.
         proj_drop: dropout after the output projection.
+        padding: ``"masked"`` or ``"zeros"``, see above.
     """
 
     def __init__(
@@ -251,10 +257,14 @@ class LocallyGroupedAttn3d(nn.Module):
         window_size: Sequence[int] = (2, 7, 7),
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
+        padding: str = "masked",
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"Twins: dim {dim} is not divisible by num_heads {num_heads}")
+        if padding not in LSA_PADDINGS:
+            raise ValueError(f"Twins: lsa_padding must be one of {LSA_PADDINGS}, got {padding!r}")
+        self.padding = padding
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.window_size = to_3tuple(window_size)
@@ -266,8 +276,12 @@ class LocallyGroupedAttn3d(nn.Module):
     def forward(self, x: torch.Tensor, size: Size3) -> torch.Tensor:
         B, N, C = x.shape
         T, H, W = size
-        wt, wh, ww = (min(w, s) for w, s in zip(self.window_size, size, strict=True))
+        if self.padding == "masked":
+            wt, wh, ww = (min(w, s) for w, s in zip(self.window_size, size, strict=True))
+        else:  # timm: the full spatial window, padded tokens attended
+            wt, (wh, ww) = min(self.window_size[0], T), self.window_size[1:]
         pt, ph, pw = (-T) % wt, (-H) % wh, (-W) % ww
+        masked_space = self.padding == "masked" and (ph or pw)
         x = x.reshape(B, T, H, W, C)
         if pt or ph or pw:
             x = F.pad(x, (0, 0, 0, pw, 0, ph, 0, pt))  # (B, Tp, Hp, Wp, C)
@@ -278,9 +292,12 @@ class LocallyGroupedAttn3d(nn.Module):
         qkv = self.qkv(x).reshape(B * n_win, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B * nW, h, n, d)
         mask = None
-        if pt or ph or pw:
+        if pt or masked_space:
             valid = torch.zeros(T + pt, H + ph, W + pw, dtype=torch.bool, device=x.device)
-            valid[:T, :H, :W] = True
+            if masked_space:
+                valid[:T, :H, :W] = True
+            else:
+                valid[:T] = True
             # (Tp, Hp, Wp) -> (nW, n): which keys of each window are real tokens
             valid = valid.reshape(nt, wt, nh, wh, nw, ww).permute(0, 2, 4, 1, 3, 5).reshape(n_win, n)
             mask = valid[:, None, None, :].repeat(B, 1, 1, 1)  # (B * nW, 1, 1, n), True = attend
@@ -307,6 +324,7 @@ class Block(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         temporal_padding: str = "zeros",
+        lsa_padding: str = "masked",
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -321,8 +339,9 @@ class Block(nn.Module):
             )
         else:
             self.attn = LocallyGroupedAttn3d(
-                dim, num_heads=num_heads, window_size=window_size, attn_drop=attn_drop, proj_drop=drop
-            )
+                dim, num_heads=num_heads, window_size=window_size, attn_drop=attn_drop, proj_drop=drop,
+                padding=lsa_padding,
+            )  # fmt: skip
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), drop=drop)
@@ -357,6 +376,32 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: Twins) -> t
     return out, "timm-twins" if renamed or is_2d else "twins"
 
 
+_TIMM = "timm/models/twins.py (timm 1.0)"
+FORMAT_NOTES: list[FormatNote] = [
+    # timm: keys pos_block.i.proj.0., 2D kernels
+    FormatNote("timm-twins", "LayerNorm eps (blocks, final)", "1e-6 (partial(nn.LayerNorm, eps=1e-6))", _TIMM),
+    FormatNote("timm-twins", "LayerNorm eps (patch embeddings, GSA sub-sampling)", "1e-5 (nn.LayerNorm(dim))", _TIMM),
+    FormatNote("timm-twins", "q / kv / qkv bias", "True", _TIMM),
+    FormatNote("timm-twins", "GELU / attention scale", "exact / head_dim ** -0.5", _TIMM),
+    FormatNote("timm-twins", "PEG", "x + DWConv3x3(x) after the first block of each stage", _TIMM),
+    FormatNote("timm-twins", "head", "mean of the normalised tokens, Dropout(drop_rate=0), Linear", _TIMM),
+    FormatNote(
+        "timm-twins", "SVT windows on a grid they do not divide",
+        "padded to the full window with zero tokens that every query attends to (F.pad before qkv, no mask); "
+        "differs from ours only off 224-px-like grids", _TIMM, (("lsa_padding", "zeros"),),
+    ),
+    FormatNote(
+        "twins", "every setting", "what the run used: a Lightning checkpoint's hyper_parameters.backbone_kwargs "
+        "(lsa_padding re-applied); a plain state dict carries none", "videorec.lit.VideoClassifier",
+    ),
+]  # fmt: skip
+"""Every Twins format's settings that change outputs without changing key names or shapes, with the source file.
+``lsa_padding="masked"`` stays our default for models built without a timm checkpoint."""
+
+FORMAT_SETTINGS: dict[str, dict[str, object]] = implied_settings(FORMAT_NOTES)
+"""The settings of :data:`FORMAT_NOTES` that differ from our defaults, applied when the format is detected."""
+
+
 class Twins(BackboneMixin, nn.Module):
     """Spatiotemporal Twins-PCPVT (``window_sizes=None``) or Twins-SVT (LSA windows per stage) with a linear head.
 
@@ -379,6 +424,9 @@ class Twins(BackboneMixin, nn.Module):
         peg_kernel: (t, h, w) kernel of the depthwise PEG conv.
         temporal_padding: ``"zeros"`` (the PEG sees the clip's borders) or ``"replicate"`` (a static video gives
             exactly the image response). Either way a one-frame video equals the image model.
+        lsa_padding: how SVT windows meet a grid they do not divide: ``"masked"`` (padded keys masked out) or
+            ``"zeros"`` (timm's zero tokens, attended); see :class:`LocallyGroupedAttn3d`. timm checkpoints imply
+            ``"zeros"`` (:data:`FORMAT_SETTINGS`).
         drop_rate: dropout after patch embeddings, in MLPs and after attention projections.
         attn_drop_rate: attention dropout.
         drop_path_rate: stochastic depth, growing linearly over all blocks.
@@ -395,6 +443,18 @@ class Twins(BackboneMixin, nn.Module):
     # "center" 45.6% +- 3.7 best top-1 on average and best in 3 seeds, "mean" 35.5% +- 15.9, random init 29.9%.
     default_inflate = "center"
     checkpoint_filter = staticmethod(checkpoint_filter_fn)
+    format_settings = FORMAT_SETTINGS
+
+    def apply_format_setting(self, name: str, value: str) -> None:
+        """Apply a setting of ``format_settings`` to the built model."""
+        if name != "lsa_padding":
+            raise ValueError(f"Twins: no format setting {name!r} (known: lsa_padding)")
+        if value not in LSA_PADDINGS:
+            raise ValueError(f"Twins: lsa_padding must be one of {LSA_PADDINGS}, got {value!r}")
+        self.lsa_padding = value
+        for module in self.modules():
+            if isinstance(module, LocallyGroupedAttn3d):
+                module.padding = value
 
     def __init__(
         self,
@@ -414,6 +474,7 @@ class Twins(BackboneMixin, nn.Module):
         temporal_window: int = 2,
         peg_kernel: int | Sequence[int] = 3,
         temporal_padding: str = "zeros",
+        lsa_padding: str = "masked",
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
@@ -431,6 +492,9 @@ class Twins(BackboneMixin, nn.Module):
             raise ValueError(f"Twins: num_frames must be >= 1, got {num_frames}")
         if temporal_padding not in TEMPORAL_PADDINGS:
             raise ValueError(f"Twins: temporal_padding must be one of {TEMPORAL_PADDINGS}, got {temporal_padding!r}")
+        if lsa_padding not in LSA_PADDINGS:
+            raise ValueError(f"Twins: lsa_padding must be one of {LSA_PADDINGS}, got {lsa_padding!r}")
+        self.lsa_padding = lsa_padding
         self.reduction = patch_size * 8
         if img_size % self.reduction:
             raise ValueError(
@@ -480,6 +544,7 @@ class Twins(BackboneMixin, nn.Module):
                         attn_drop=attn_drop_rate,
                         drop_path=dpr[cur + j],
                         temporal_padding=temporal_padding,
+                        lsa_padding=lsa_padding,
                     )
                     for j in range(depths[i])
                 )

@@ -16,6 +16,7 @@ from itertools import accumulate
 import torch
 import torch.nn as nn
 
+from .checkpoints import FilterNotes, FormatNote, implied_settings
 from .layers import (
     Attention,
     BackboneMixin,
@@ -100,11 +101,69 @@ def _stage_blocks(
     return nn.ModuleList(GlobalBlock(dim, dim // head_dim, mlp_ratio, qkv_bias, drop, attn_drop, p) for p in dpr)
 
 
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: UniFormer) -> tuple[dict, str]:
-    """Official UniFormer checkpoints share our key names; 2D (ImageNet) kernels are inflated later, generically."""
+_VIDEO = "Sense-X/UniFormer video_classification/slowfast/models/uniformer.py, slowfast/config/defaults.py"
+_IMAGE = "Sense-X/UniFormer image_classification/models/uniformer.py"
+_TL = "Sense-X/UniFormer image_classification/token_labeling/tlt/models/uniformer.py"
+FORMAT_NOTES: list[FormatNote] = [
+    # official 3D (video) checkpoints: 5-D patch_embed1.proj.weight, in "model_state" or "model"
+    FormatNote("uniformer", "LayerNorm eps (global blocks)", "1e-6 (partial(nn.LayerNorm, eps=1e-6))", _VIDEO),
+    FormatNote("uniformer", "LayerNorm eps (patch embeddings)", "1e-5 (nn.LayerNorm(embed_dim))", _VIDEO),
+    FormatNote("uniformer", "BatchNorm (local blocks, final norm)", "BatchNorm3d, eps 1e-5", _VIDEO),
+    FormatNote("uniformer", "qkv bias / attention scale", "True (UNIFORMER.QKV_BIAS) / head_dim ** -0.5", _VIDEO),
+    FormatNote("uniformer", "GELU", "exact (act_layer=nn.GELU)", _VIDEO),
+    FormatNote(
+        "uniformer", "head", "mean over T'H'W' after the final BatchNorm, Linear; no dropout, no activation "
+        "(MODEL.HEAD_ACT and MODEL.DROPOUT_RATE are not read by Uniformer)", _VIDEO,
+    ),
+    FormatNote(
+        "uniformer", "stem / patch embeddings", "(3, 4, 4) stride (2, 4, 4) pad (1, 0, 0), then (1, 2, 2) "
+        "(UNIFORMER.STD False; STD True has (3, 2, 2) kernels, a shape the loader rejects by name)", _VIDEO,
+    ),
+    FormatNote("uniformer", "pre_logits", "nn.Identity (REPRESENTATION_SIZE None): no tensors", _VIDEO),
+    # official 2D (ImageNet) checkpoints: 4-D patch_embed1.proj.weight, in "model"
+    FormatNote("uniformer-2d", "LayerNorm eps (global blocks)", "1e-6 (uniformer_small / _base)", _IMAGE),
+    FormatNote("uniformer-2d", "LayerNorm eps (patch embeddings)", "1e-5", _IMAGE),
+    FormatNote("uniformer-2d", "BatchNorm (local blocks, final norm)", "BatchNorm2d, eps 1e-5", _IMAGE),
+    FormatNote("uniformer-2d", "qkv bias / attention scale / GELU", "True / head_dim ** -0.5 / exact", _IMAGE),
+    FormatNote("uniformer-2d", "head", "mean after the final BatchNorm, Linear", _IMAGE),
+    FormatNote("uniformer-2d", "kernels", "2D, inflated on load (inflate='mean', the official inflate_weight)", _IMAGE),
+    # token-labeling 2D checkpoints (uniformer_*_tl_*): an aux_head
+    FormatNote(
+        "uniformer-2d-token-labeling", "head", "eval logits = head(mean) + 0.5 * max over tokens of "
+        "aux_head(tokens); aux_head is dropped (reported), the backbone and head load as uniformer-2d", _TL,
+    ),
+    FormatNote("uniformer-2d-token-labeling", "norms, bias, scale, GELU", "as uniformer-2d", _TL),
+    FormatNote(
+        "uniformer", "our own checkpoints", "the same key names and settings (a Lightning checkpoint's "
+        "backbone_kwargs hold no UniFormer format setting)", "videorec.lit.VideoClassifier",
+    ),
+]  # fmt: skip
+"""Every UniFormer format's settings that change outputs without changing key names or shapes, with the source file:
+all of them are our defaults, so no format implies a setting."""
+
+FORMAT_SETTINGS: dict[str, dict[str, object]] = implied_settings(FORMAT_NOTES)  # empty: see FORMAT_NOTES
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: UniFormer) -> tuple[dict, str, FilterNotes]:
+    """Official UniFormer checkpoints share our key names; 2D (ImageNet) kernels are inflated later, generically.
+
+    ``pre_logits.*`` (the optional representation layer, absent from the released files) and a token-labeling
+    model's ``aux_head.*`` are dropped and reported.
+    """
     is_2d = state_dict.get("patch_embed1.proj.weight", torch.empty(0, 0, 0, 0, 0)).ndim == 4
-    state_dict = {k: v for k, v in state_dict.items() if not k.startswith("pre_logits")}
-    return state_dict, "uniformer-2d" if is_2d else "uniformer"
+    notes = FilterNotes()
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("pre_logits."):
+            notes.dropped[key] = "representation layer, not part of the model"
+        elif key.startswith("aux_head."):
+            notes.dropped[key] = "token-labeling auxiliary head, not part of the model"
+        else:
+            out[key] = value
+    fmt = "uniformer-2d" if is_2d else "uniformer"
+    if is_2d and any(k.startswith("aux_head.") for k in state_dict):
+        fmt = "uniformer-2d-token-labeling"
+    return out, fmt, notes
 
 
 class UniFormer(BackboneMixin, nn.Module):
@@ -131,6 +190,7 @@ class UniFormer(BackboneMixin, nn.Module):
 
     default_inflate = "mean"  # the official 2D -> 3D inflation
     checkpoint_filter = staticmethod(checkpoint_filter_fn)
+    format_settings = FORMAT_SETTINGS
 
     def __init__(
         self,
