@@ -34,14 +34,28 @@ def check_decoder(decoder: str) -> None:
         raise ValueError(f"data.decoder must be one of {DECODERS}, got {decoder!r}")
     if decoder == "torchcodec":
         try:
-            from torchcodec.decoders import VideoDecoder  # noqa: F401
-        except Exception as err:  # ImportError, or OSError when FFmpeg's shared libraries are missing
+            _load_torchcodec()
+        except Exception as err:  # ImportError, or OSError / RuntimeError when FFmpeg's shared libraries are missing
             raise RuntimeError(
                 "data.decoder=torchcodec needs the torchcodec package and FFmpeg's shared libraries (libavcodec etc., "
                 "e.g. `pip install torchcodec` and `apt-get install ffmpeg`); loading it failed: "
                 f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
                 "Use data.decoder=decord or pyav."
             ) from err
+
+
+def _load_torchcodec() -> None:
+    """Import torchcodec and load its FFmpeg libraries; raises what went wrong. Since 0.17, `import torchcodec` succeeds
+    without FFmpeg (its image decoders need none) and only the first video decoder fails: ask it to load them now."""
+    from torchcodec._core import ops
+    from torchcodec.decoders import VideoDecoder  # noqa: F401  (older versions raise here)
+
+    if not getattr(ops, "_FFMPEG_AVAILABLE", True):
+        try:
+            getattr(ops, "load_core_libraries", lambda: None)()  # raises; its message lists every version tried
+        except Exception as err:
+            raise OSError("found no FFmpeg shared libraries of a version torchcodec supports") from err
+        raise OSError("torchcodec could not load FFmpeg's shared libraries")
 
 
 def _gather(unique: np.ndarray, frames: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
@@ -71,58 +85,97 @@ def _count_packets(path: str) -> int:
         return sum(1 for packet in container.demux(video=0) if packet.size)
 
 
-def _pyav_frame_array(frame) -> np.ndarray:
-    array = frame.to_ndarray(format="rgb24")
+# Open a container from its header alone: FFmpeg's stream probing otherwise decodes several frames of every file (six
+# of a stream without B-frames, about 10 ms at 720p) to learn what the header already says. Containers whose streams
+# only show up in packets (MPEG transport streams, ...) are opened again with the full probe.
+_HEADER_ONLY = {"probesize": "32", "analyzeduration": "0"}
+
+
+def _open_pyav(path: str, threads: int):
+    """(container, stream) of the first video stream, decoding on `threads` threads."""
+    import av
+
+    container = av.open(path, container_options=_HEADER_ONLY)
+    if not container.streams.video or not container.streams.video[0].codec_context.width:
+        container.close()
+        container = av.open(path)
+    if not container.streams.video:
+        container.close()
+        raise VideoDecodeError(f"{path}: no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "SLICE" if threads == 1 else "AUTO"  # AUTO: frame and slice threads
+    stream.codec_context.thread_count = threads
+    return container, stream
+
+
+_CONVERSION = {"threads": True}  # False once PyAV turned out to take no `threads` argument (before 13)
+
+
+def _pyav_frame_array(frame, threads: int = 0) -> np.ndarray:
+    """A decoded frame as (H, W, 3) RGB, display rotation applied; the colour conversion runs on `threads` threads
+    (PyAV's own default, 0, starts one per core in every worker)."""
+    array = None
+    if _CONVERSION["threads"]:
+        try:
+            array = frame.to_ndarray(format="rgb24", threads=threads)
+        except TypeError:
+            _CONVERSION["threads"] = False
+    if array is None:
+        array = frame.to_ndarray(format="rgb24")
     rotation = getattr(frame, "rotation", 0) or 0
     if rotation % 360:
         array = np.rot90(array, k=rotation // 90)
-    return np.ascontiguousarray(array)
+    return array
 
 
-def _pyav_configure(stream, threads: int) -> None:
-    stream.thread_type = "SLICE" if threads == 1 else "AUTO"  # AUTO: frame and slice threads
-    stream.codec_context.thread_count = threads
-
-
-def _read_pyav_seek(container, stream, choose: IndexFn) -> tuple[np.ndarray | None, dict[int, np.ndarray] | None]:
+def _read_pyav_seek(container, stream, choose: IndexFn, threads: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Seek to the keyframe before the first wanted frame and decode from there, skipping the non-reference frames
-    that are not wanted (no other frame depends on them, so nothing else changes).
+    that are not wanted (no other frame depends on them, so nothing else changes). Only the wanted frames are
+    converted to RGB, each straight into its slot of the returned array.
 
     Frame ``i`` is the packet with the ``i``-th smallest presentation timestamp, read from the packet index (demuxing
-    without decoding). Returns ``(indices, frames)``; ``frames`` is None when the stream does not allow it (packets
-    without timestamps, or a seek that missed), and the caller decodes from the start instead.
+    without decoding). Returns ``(indices, frames)``: ``frames`` holds the sorted unique ``indices``' frames, or is
+    None when the stream does not allow this (packets without timestamps or with repeated ones, or a seek that
+    missed), and the caller decodes from the start instead.
     """
     pts = sorted(packet.pts for packet in container.demux(stream) if packet.size and packet.pts is not None)
     if not pts:
         return None, None
     indices = choose(len(pts))
-    index_of = {p: i for i, p in enumerate(pts)}
-    wanted = {pts[i] for i in np.unique(indices).tolist()}
-    container.seek(min(wanted), stream=stream, backward=True, any_frame=False)
-    codec = stream.codec_context
-    decoded: dict[int, np.ndarray] = {}
-    for packet in container.demux(stream):
-        codec.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in wanted else "NONREF"
-        for frame in codec.decode(packet):
-            if frame.pts in wanted:
-                decoded[index_of[frame.pts]] = _pyav_frame_array(frame)
-        if len(decoded) == len(wanted):
-            break
-    if len(decoded) < len(wanted):  # the seek landed after a wanted frame, or timestamps did not match
+    unique = np.unique(indices)
+    slot_of = {pts[i]: slot for slot, i in enumerate(unique.tolist())}  # timestamp -> row of the output
+    if len(slot_of) < len(unique):
         return indices, None
-    return indices, decoded
+    container.seek(min(slot_of), stream=stream, backward=True, any_frame=False)
+    codec = stream.codec_context
+    out: np.ndarray | None = None
+    filled = np.zeros(len(unique), dtype=bool)
+    for packet in container.demux(stream):
+        codec.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in slot_of else "NONREF"
+        for frame in codec.decode(packet):
+            slot = slot_of.get(frame.pts)
+            if slot is None:
+                continue
+            array = _pyav_frame_array(frame, threads)
+            if out is None:
+                out = np.empty((len(unique), *array.shape), dtype=np.uint8)
+            out[slot] = array  # a resolution change mid-stream raises: the caller names the file
+            filled[slot] = True
+        if filled.all():
+            return indices, out
+    return indices, None  # the seek landed after a wanted frame, or timestamps did not match
 
 
 def _read_pyav(path: str, choose: IndexFn, threads: int) -> torch.Tensor:
-    import av
-
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        _pyav_configure(stream, threads)
-        indices, decoded = _read_pyav_seek(container, stream, choose)
-    if decoded is None:
-        # `choose` may draw at random: ask it once, and keep its answer when the packet index gave the frame count
-        indices, decoded = _read_pyav_sequential(path, choose if indices is None else lambda n: indices, threads)
+    container, stream = _open_pyav(path, threads)
+    with container:
+        indices, frames = _read_pyav_seek(container, stream, choose, threads)
+    if frames is not None:
+        unique = np.unique(indices)
+        frames = torch.from_numpy(frames)
+        return frames if np.array_equal(unique, indices) else _gather(unique, frames, indices)
+    # `choose` may draw at random: ask it once, and keep its answer when the packet index gave the frame count
+    indices, decoded = _read_pyav_sequential(path, choose if indices is None else lambda n: indices, threads)
     if not decoded:
         raise VideoDecodeError(f"{path}: no frame could be decoded")
     available = np.array(sorted(decoded))
@@ -135,9 +188,10 @@ def _read_pyav_sequential(path: str, choose: IndexFn, threads: int) -> tuple[np.
     """Decode from the first frame, counting frames, until the last wanted one (any container, any timestamps)."""
     import av
 
-    with av.open(path) as container:
+    with av.open(path) as container:  # the full probe: this path serves the files the fast one could not read
         stream = container.streams.video[0]
-        _pyav_configure(stream, threads)
+        stream.thread_type = "SLICE" if threads == 1 else "AUTO"
+        stream.codec_context.thread_count = threads
         num_video_frames = stream.frames or _count_packets(path)  # webm headers carry no frame count
         if num_video_frames <= 0:
             raise VideoDecodeError(f"{path}: no video frames")
@@ -147,7 +201,7 @@ def _read_pyav_sequential(path: str, choose: IndexFn, threads: int) -> tuple[np.
         decoded: dict[int, np.ndarray] = {}
         for i, frame in enumerate(container.decode(stream)):
             if i in wanted:
-                decoded[i] = _pyav_frame_array(frame)
+                decoded[i] = _pyav_frame_array(frame, threads)
             if i >= last:
                 break
     return indices, decoded
