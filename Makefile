@@ -22,10 +22,27 @@ install: $(STAMP) ## Create .venv and install videorec with its dev tools
 demo: $(STAMP) ## Train UniFormer-tiny on the embedded synthetic video dataset (CPU is fine)
 	$(PY) -m videorec.train experiment=demo
 
-test: $(STAMP) ## Run the fast test suite (no slow, no GPU tests)
+# torchcodec loads FFmpeg's shared libraries from the system (it supports FFmpeg 4 to 8; Debian 12 ships 5.1). When
+# none is found they are installed with apt-get (as root, or through passwordless sudo); where that is not possible
+# a warning says so and the torchcodec tests skip, naming the reason.
+LDCONFIG ?= $(shell command -v ldconfig || echo /sbin/ldconfig)
+ffmpeg-libs: ## Install FFmpeg's shared libraries for torchcodec (Debian's ffmpeg) when they are missing
+	@if ! $(LDCONFIG) -p 2>/dev/null | grep -q 'libavcodec\.so'; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	  else sudo=none; fi; \
+	  if [ "$$sudo" != none ] && command -v apt-get >/dev/null; then \
+	    echo "Installing FFmpeg's shared libraries for torchcodec (apt-get install ffmpeg)"; \
+	    { $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; } \
+	      || echo "WARNING: apt-get install ffmpeg failed: the torchcodec tests will be skipped"; \
+	  else \
+	    echo "WARNING: FFmpeg's shared libraries (libavcodec) are missing and cannot be installed here (needs apt-get as root or passwordless sudo): the torchcodec tests will be skipped"; \
+	  fi; \
+	fi
+
+test: $(STAMP) ffmpeg-libs ## Run the fast test suite (no slow, no GPU tests)
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
-test-full: $(STAMP) ## Run every test, slow ones included (GPU tests skip without a GPU)
+test-full: $(STAMP) ffmpeg-libs ## Run every test, slow ones included (GPU tests skip without a GPU)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## Ruff lint and format check
@@ -48,4 +65,4 @@ bench-pipeline: $(STAMP) ## Loader vs model clips/s on a data config (DATA="data
 clean: ## Remove caches and run outputs (keeps .venv)
 	rm -rf outputs multirun wandb .pytest_cache .ruff_cache
 
-.PHONY: help install demo test test-full lint format bench bench-train bench-pipeline clean
+.PHONY: help install ffmpeg-libs demo test test-full lint format bench bench-train bench-pipeline clean

@@ -72,6 +72,15 @@ def test_decodes_exactly_the_requested_frames(videos, kind, decoder):
         assert tuple(frames.shape[1:3]) == (27, 35)
 
 
+@pytest.mark.parametrize("gop", [None, 5])
+def test_pyav_counts_the_frames_of_an_avi_with_b_frames(tmp_path, gop):
+    # AVI stores decode order only: H.264 B-frames make packet order differ from display order
+    path = write_video(tmp_path / "bframes.avi", frame_id_frames(NUM, 32, 64), gop=gop)
+    wanted = np.array([3, 0, 7, 7, 23, 12])
+    frames = read_frames(path, lambda n: wanted, decoder="pyav", fallback=None)
+    assert [decoded_frame_index(f.numpy()) for f in frames] == wanted.tolist()
+
+
 @pytest.mark.parametrize("codec", ["h264", "vp9"])
 @pytest.mark.parametrize("threads", [1, 0])
 def test_pyav_seeks_to_the_keyframe_and_matches_decoding_from_the_start(tmp_path, monkeypatch, codec, threads):
@@ -131,6 +140,20 @@ def test_unknown_or_unloadable_decoder_fails_clearly():
     if not _available("torchcodec"):
         with pytest.raises(RuntimeError, match="torchcodec"):
             check_decoder("torchcodec")
+
+
+def test_torchcodec_without_ffmpeg_fails_clearly(monkeypatch):
+    # torchcodec >= 0.17 imports without FFmpeg; the check must load the libraries, not only import the package
+    ops = pytest.importorskip("torchcodec._core.ops")
+
+    def no_ffmpeg():
+        raise OSError("Could not load libtorchcodec")
+
+    monkeypatch.setattr(ops, "_FFMPEG_AVAILABLE", False, raising=False)
+    monkeypatch.setattr(ops, "load_core_libraries", no_ffmpeg, raising=False)
+    with pytest.raises(RuntimeError, match="data.decoder=torchcodec needs") as info:
+        check_decoder("torchcodec")
+    assert "found no FFmpeg shared libraries" in str(info.value) and "apt-get install ffmpeg" in str(info.value)
 
 
 def _audio_only(path):

@@ -91,6 +91,11 @@ def _count_packets(path: str) -> int:
 _HEADER_ONLY = {"probesize": "32", "analyzeduration": "0"}
 
 
+# Containers whose packets carry no presentation order: AVI's index holds decode order only, so with B-frames the
+# i-th smallest packet timestamp is not the i-th frame shown. Their frames are counted as they come out of the decoder.
+_PTS_IN_DECODE_ORDER = {"avi"}
+
+
 def _open_pyav(path: str, threads: int):
     """(container, stream) of the first video stream, decoding on `threads` threads."""
     import av
@@ -169,7 +174,10 @@ def _read_pyav_seek(container, stream, choose: IndexFn, threads: int) -> tuple[n
 def _read_pyav(path: str, choose: IndexFn, threads: int) -> torch.Tensor:
     container, stream = _open_pyav(path, threads)
     with container:
-        indices, frames = _read_pyav_seek(container, stream, choose, threads)
+        if _PTS_IN_DECODE_ORDER.intersection(container.format.name.split(",")):
+            indices, frames = None, None
+        else:
+            indices, frames = _read_pyav_seek(container, stream, choose, threads)
     if frames is not None:
         unique = np.unique(indices)
         frames = torch.from_numpy(frames)
