@@ -8,7 +8,11 @@ the chosen input size, 2D kernels inflated, a classifier of another size dropped
 * with ``--lightning``, a checkpoint that ``videorec.lit.VideoClassifier.load_from_checkpoint`` restores (the
   backbone name and overrides are stored as its hyperparameters).
 
-It prints what was mapped (format, tensors loaded / renamed / inflated, dropped head).
+It prints a summary: the detected format, the architecture settings the format implies and that were applied (see
+each family's ``FORMAT_NOTES``), and the tensors loaded, renamed, resized (position tables resampled to the model's
+input size), inflated (2D -> 3D kernels) and dropped (a classifier of another size, tensors the model has no use for).
+A Lightning checkpoint stores the applied settings with the backbone's arguments, so it restores them; a plain state
+dict holds tensors only, so the summary prints the ``create_model`` arguments that rebuild the same model.
 
 Examples::
 
@@ -28,6 +32,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from videorec.models import create_model, load_pretrained  # noqa: E402
 from videorec.models.checkpoints import LoadReport  # noqa: E402
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def summary_lines(src: Path, model_name: str, overrides: dict, report: LoadReport, total: int) -> list[str]:
+    """The conversion summary, one ``label: value`` line each."""
+    settings = ", ".join(f"{k}={v}" for k, v in report.settings.items())
+    resized = ", ".join(f"{k} {_shape(a)} -> {_shape(b)}" for k, (a, b) in sorted(report.resized_shapes.items()))
+    dropped = ", ".join(f"{k} ({why})" for k, why in sorted(report.dropped.items()))
+    return [
+        f"source:   {src}",
+        f"format:   {report.format}",
+        f"settings: {settings + ' (implied by the format, applied)' if settings else 'none implied'}",
+        f"model:    {model_name} {overrides or ''}".rstrip(),
+        f"loaded:   {len(report.loaded)} of {total} tensors ({report.renamed} under new names)",
+        f"resized:  {resized or 'none'}",
+        f"inflated: {', '.join(report.inflated) or 'none'}",
+        f"dropped:  {dropped or 'none'}",
+        f"head:     {'dropped ' + ', '.join(report.dropped_head) if report.dropped_head else 'kept'}",
+    ]
 
 
 def _lightning_checkpoint(model_name: str, num_classes: int, overrides: dict, state_dict: dict) -> dict:
@@ -65,17 +91,20 @@ def main(argv: list[str] | None = None) -> LoadReport:
     args.dst.parent.mkdir(parents=True, exist_ok=True)
     if args.lightning:
         num_classes = model.num_classes
-        torch.save(_lightning_checkpoint(args.model, num_classes, overrides, state_dict), args.dst)
+        backbone_kwargs = {**report.settings, **overrides}  # the settings travel with the checkpoint
+        torch.save(_lightning_checkpoint(args.model, num_classes, backbone_kwargs, state_dict), args.dst)
     else:
         torch.save(state_dict, args.dst)
 
-    print(f"source:   {args.src}")
-    print(f"format:   {report.format}")
-    print(f"model:    {args.model} {overrides or ''}".rstrip())
-    print(f"loaded:   {len(report.loaded)} of {len(state_dict)} tensors ({report.renamed} under new names)")
-    print(f"inflated: {', '.join(report.inflated) or 'none'}")
-    print(f"head:     {'dropped ' + ', '.join(report.dropped_head) if report.dropped_head else 'kept'}")
+    for line in summary_lines(args.src, args.model, overrides, report, len(state_dict)):
+        print(line)
     print(f"written:  {args.dst} ({'Lightning VideoClassifier checkpoint' if args.lightning else 'state dict'})")
+    if report.settings and not args.lightning:
+        kwargs = ", ".join(f"{k}={v!r}" for k, v in {**overrides, **report.settings}.items())
+        print(
+            f"note:     a state dict holds no settings; rebuild with create_model({args.model!r}, {kwargs}, "
+            "pretrained=...) or convert with --lightning, which stores them"
+        )
     return report
 
 

@@ -91,6 +91,9 @@ class VideoClassifier(L.LightningModule):
         self.backbone = create_model(
             model_name, num_classes=num_classes, pretrained=pretrained, inflate=inflate, **(backbone_kwargs or {})
         )
+        applied = getattr(self.backbone, "applied_format_settings", None)
+        if applied:  # settings the pretrained file's format implied: stored, so load_from_checkpoint rebuilds them
+            self.hparams["backbone_kwargs"] = {**applied, **(backbone_kwargs or {})}
         self.backbone.set_grad_checkpointing(grad_checkpointing)
         if channels_last:
             channels_last_weights(self.backbone)
