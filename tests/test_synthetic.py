@@ -73,6 +73,7 @@ def test_reads_through_the_kinetics_path_with_decord(tiny_root):
         sampling_rate=2,
         crop_size=64,
         eval_short_side=64,
+        decoder="decord",  # decord stays supported; the default decoder is pyav
     )
     assert dm.decoder == "decord"
     batch = next(iter(dm.val_dataloader()))

@@ -30,6 +30,7 @@ fresh interpreter importing torch, per loader and epoch): set `data.multiprocess
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,11 +48,13 @@ from .datasets import (
     dist_info,
     seed_worker,
 )
-from .decoding import check_decoder
+from .decoding import check_decode_device, check_decoder
 from .sampling import TEMPORAL_CONTROLS
 from .transforms import MEAN, STD, EvalClipTransform, MixupCutmix, TrainClipTransform
 
 __all__ = ["VideoDataModule"]
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -75,9 +78,12 @@ class VideoDataModule(L.LightningDataModule):
         eval_clips: clips per video in test (val always uses 1 clip x 1 crop).
         eval_crops: crops per clip in test (1 centre or 3 along the long side).
         eval_short_side: short side before the eval crop; None: crop_size * 8 / 7 with one crop, crop_size with three.
-        decoder: "decord", "pyav" or "torchcodec".
+        decoder: "pyav", "decord" or "torchcodec".
         fallback_decoder: decoder tried when the first fails on a file (None: none).
         decoder_threads: decoding threads per video in each worker (0: FFmpeg's automatic choice).
+        decode_device: "cpu", or "cuda" (with decoder="torchcodec"): NVDEC decodes on the GPU and the transforms run
+            there. Decoding then happens in the main process (CUDA cannot run in forked workers, and NVDEC works
+            asynchronously on its own engine), so num_workers is set to 0 and pin_memory to False.
         train_scale: random resized crop area range.
         train_ratio: random resized crop aspect-ratio range.
         flip: horizontal flip probability 0.5 in training (label-aware: see `flip_labels`).
@@ -119,9 +125,10 @@ class VideoDataModule(L.LightningDataModule):
         eval_clips: int = 1,
         eval_crops: int = 1,
         eval_short_side: int | None = None,
-        decoder: str = "decord",
-        fallback_decoder: str | None = "pyav",
+        decoder: str = "pyav",
+        fallback_decoder: str | None = "decord",
         decoder_threads: int = 1,
+        decode_device: str = "cpu",
         train_scale: Sequence[float] = (0.08, 1.0),
         train_ratio: Sequence[float] = (3 / 4, 4 / 3),
         flip: bool = True,
@@ -165,6 +172,17 @@ class VideoDataModule(L.LightningDataModule):
         check_decoder(decoder)
         if fallback_decoder is not None:
             check_decoder(fallback_decoder)
+        check_decode_device(decoder, decode_device)
+        self.decode_device = decode_device
+        if decode_device != "cpu" and (num_workers or pin_memory):
+            log.warning(
+                "data.decode_device=%s decodes in the main process: data.num_workers %d -> 0, data.pin_memory %s -> "
+                "false",
+                decode_device,
+                num_workers,
+                pin_memory,
+            )
+            num_workers, pin_memory = 0, False
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self.num_frames, self.sampling_rate, self.crop_size = num_frames, sampling_rate, crop_size
         self.temporal_control = temporal_control
@@ -218,6 +236,7 @@ class VideoDataModule(L.LightningDataModule):
             decoder=self.decoder,
             fallback_decoder=self.fallback_decoder,
             decoder_threads=self.decoder_threads,
+            decode_device=self.decode_device,
             seed=self.seed,
         )
         if split == "train":

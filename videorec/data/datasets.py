@@ -85,9 +85,11 @@ class VideoClipDataset(Dataset):
         num_clips: evaluation clips per video.
         num_crops: evaluation crops per clip (1 centre, 3 along the long side).
         temporal_control: "none", "repeat" or "shuffle" (see `sampling.apply_temporal_control`).
-        decoder: "decord", "pyav" or "torchcodec".
+        decoder: "pyav", "decord" or "torchcodec".
         fallback_decoder: tried when `decoder` fails on a file (None for none).
         decoder_threads: decoding threads per video (0: automatic).
+        decode_device: "cpu", or "cuda": NVDEC through torchcodec, frames and transforms on the current GPU (the
+            dataset must then be read in the main process: CUDA does not work in forked DataLoader workers).
         flip_prob: probability of a horizontal flip in training.
         flip_labels: label -> label after a horizontal flip (left/right classes swap); a label mapped to None is
             never flipped; labels not in the mapping keep their label.
@@ -108,9 +110,10 @@ class VideoClipDataset(Dataset):
         num_clips: int = 1,
         num_crops: int = 1,
         temporal_control: str = "none",
-        decoder: str = "decord",
-        fallback_decoder: str | None = "pyav",
+        decoder: str = "pyav",
+        fallback_decoder: str | None = "decord",
         decoder_threads: int = 1,
+        decode_device: str = "cpu",
         flip_prob: float = 0.0,
         flip_labels: Mapping[int, int | None] | None = None,
         seed: int = 0,
@@ -125,7 +128,7 @@ class VideoClipDataset(Dataset):
         self.transform = transform
         self.num_clips, self.num_crops = (1, 1) if train else (num_clips, num_crops)
         self.temporal_control, self.decoder, self.fallback_decoder = temporal_control, decoder, fallback_decoder
-        self.decoder_threads = decoder_threads
+        self.decoder_threads, self.decode_device = decoder_threads, decode_device
         self.flip_prob, self.flip_labels, self.seed = flip_prob, dict(flip_labels or {}), seed
         self.num_samples = num_samples if train else 1
 
@@ -169,6 +172,7 @@ class VideoClipDataset(Dataset):
                 self.decoder,
                 self.fallback_decoder,
                 self.decoder_threads,
+                self.decode_device,
             )
         except VideoDecodeError as err:
             return [{"skipped": str(err)}]

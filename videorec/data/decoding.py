@@ -1,13 +1,18 @@
-"""Decode only the frames a clip needs, by index, with decord (default), PyAV or torchcodec, or from a frame folder.
+"""Decode only the frames a clip needs, by index, with PyAV (default), decord or torchcodec, or from a frame folder.
 
 `read_frames(path, choose_indices, decoder)` opens a video, asks `choose_indices(num_video_frames)` which frames
 it wants, and returns them as a uint8 tensor (T, H, W, 3). Frames stay uint8 until the transform. Rotation flags
 are honoured by every backend (decord and torchcodec apply the display matrix; the PyAV path rotates itself).
 Anything that goes wrong raises `VideoDecodeError` naming the file; the dataset turns that into a skipped sample.
+
+With `device="cuda"` (`data.decode_device=cuda`, torchcodec only) the frames are decoded by NVDEC and returned on the
+current CUDA device. A file decoded on the CPU instead (torchcodec's own CPU fallback, or the fallback decoder after
+torchcodec failed) is logged once with the reason and counted in `cpu_fallbacks()`; its frames still go to the GPU.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -16,12 +21,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DECODERS", "VideoDecodeError", "check_decoder", "describe_failure", "read_frames"]
+__all__ = [
+    "DECODERS",
+    "DECODE_DEVICES",
+    "VideoDecodeError",
+    "check_decode_device",
+    "check_decoder",
+    "cpu_fallbacks",
+    "describe_failure",
+    "read_frames",
+]
 
 DECODERS = ("decord", "pyav", "torchcodec")
+DECODE_DEVICES = ("cpu", "cuda")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 IndexFn = Callable[[int], np.ndarray]
+
+log = logging.getLogger(__name__)
 
 
 class VideoDecodeError(RuntimeError):
@@ -42,6 +59,39 @@ def check_decoder(decoder: str) -> None:
                 f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
                 "Use data.decoder=decord or pyav."
             ) from err
+
+
+def check_decode_device(decoder: str, device: str) -> None:
+    """Fail early when `data.decode_device` cannot be honoured: GPU decoding is NVDEC through torchcodec."""
+    if device not in DECODE_DEVICES:
+        raise ValueError(f"data.decode_device must be one of {DECODE_DEVICES}, got {device!r}")
+    if device == "cpu":
+        return
+    if decoder != "torchcodec":
+        raise ValueError(
+            f"data.decode_device={device} decodes with NVDEC through torchcodec: set data.decoder=torchcodec "
+            f"(data.decoder is {decoder!r}), or data.decode_device=cpu"
+        )
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"data.decode_device={device} needs a CUDA device and torch finds none (torch {torch.__version__}, "
+            f"built for CUDA {torch.version.cuda}); use data.decode_device=cpu"
+        )
+
+
+_CPU_FALLBACKS: dict[str, str] = {}
+
+
+def cpu_fallbacks() -> dict[str, str]:
+    """{path: reason} of the files that `device="cuda"` decoded on the CPU in this process."""
+    return dict(_CPU_FALLBACKS)
+
+
+def _report_cpu_fallback(path: str, reason: str) -> None:
+    if path not in _CPU_FALLBACKS:
+        _CPU_FALLBACKS[path] = reason
+        count = len(_CPU_FALLBACKS)
+        log.warning("%s: decoded on the CPU, not the GPU: %s (%d such file(s) so far)", path, reason, count)
 
 
 def _load_torchcodec() -> None:
@@ -215,10 +265,14 @@ def _read_pyav_sequential(path: str, choose: IndexFn, threads: int) -> tuple[np.
     return indices, decoded
 
 
-def _read_torchcodec(path: str, choose: IndexFn, threads: int) -> torch.Tensor:
+def _read_torchcodec(path: str, choose: IndexFn, threads: int, device: str = "cpu") -> torch.Tensor:
     from torchcodec.decoders import VideoDecoder
 
-    reader = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=threads, seek_mode="exact")
+    reader = VideoDecoder(path, dimension_order="NHWC", num_ffmpeg_threads=threads, seek_mode="exact", device=device)
+    if device != "cpu":
+        status = reader.cpu_fallback  # known at creation for the NVDEC backend, after the first frame for FFmpeg's
+        if status:
+            _report_cpu_fallback(path, f"torchcodec: {status}")
     indices = choose(reader.metadata.num_frames)
     unique = np.unique(indices)
     frames = reader.get_frames_at(unique.tolist()).data
@@ -249,27 +303,32 @@ _READERS = {"decord": _read_decord, "pyav": _read_pyav, "torchcodec": _read_torc
 def read_frames(
     path: str | Path,
     choose_indices: IndexFn,
-    decoder: str = "decord",
-    fallback: str | None = "pyav",
+    decoder: str = "pyav",
+    fallback: str | None = "decord",
     threads: int = 1,
+    device: str = "cpu",
 ) -> torch.Tensor:
     """Decode the frames `choose_indices(num_video_frames)` names.
 
     Args:
         path: a video file, or a folder of frame images (extracted frames, sorted by name).
         choose_indices: maps the video's frame count to the (T,) frame indices wanted (repeats allowed).
-        decoder: "decord", "pyav" or "torchcodec".
-        fallback: a second decoder tried when the first fails (decord rejects a few valid files); None for none.
+        decoder: "pyav", "decord" or "torchcodec".
+        fallback: a second decoder tried when the first fails; None for none.
         threads: decoding threads (0: FFmpeg's automatic choice, frame threading included). One thread per
             DataLoader worker suits machines where the workers already fill the cores.
+        device: "cpu", or "cuda" to decode with NVDEC on the current CUDA device (torchcodec; see
+            `check_decode_device`). Frames decoded on the CPU instead are reported (`cpu_fallbacks`) and moved there.
 
     Returns:
-        (T, H, W, 3) uint8 frames.
+        (T, H, W, 3) uint8 frames, on `device`.
 
     Raises:
         VideoDecodeError: the path is missing or no decoder can read it; the message names the file.
     """
     path = str(path)
+    if device != "cpu":
+        device = f"cuda:{torch.cuda.current_device()}"  # each rank decodes on its own GPU
     if not os.path.exists(path):
         raise VideoDecodeError(f"{path}: no such file")
     if os.path.isdir(path):
@@ -282,14 +341,22 @@ def read_frames(
             readers.append(_READERS[fallback])
     errors = []
     for reader in readers:
+        name = reader.__name__[6:]
         try:
-            frames = reader(path, choose_indices, threads)
+            if reader is _read_torchcodec:
+                frames = reader(path, choose_indices, threads, device)
+            else:
+                frames = reader(path, choose_indices, threads)
         except Exception as err:  # decoders raise many types (DECORDError, av.error.*, RuntimeError)
-            errors.append(f"{reader.__name__[6:]}: {type(err).__name__}: {str(err).strip().splitlines()[-1:]}")
+            errors.append(f"{name}: {type(err).__name__}: {str(err).strip().splitlines()[-1:]}")
             continue
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
-            errors.append(f"{reader.__name__[6:]}: unexpected frame array {tuple(frames.shape)}")
+            errors.append(f"{name}: unexpected frame array {tuple(frames.shape)}")
             continue
+        if device != "cpu" and frames.device.type == "cpu":
+            if reader is not _read_folder:
+                _report_cpu_fallback(path, f"{name} after {'; '.join(errors)}" if errors else f"{name} on the CPU")
+            frames = frames.to(device)
         return frames
     raise VideoDecodeError(f"{path}: {describe_failure(path)} ({'; '.join(errors)})")
 
