@@ -344,3 +344,34 @@ def test_above_100_classes_the_top_confusions_table_replaces_the_matrix(tmp_path
     assert all(r["true"] != r["predicted"] for r in rows)
     width, height = _png_size(tmp_path / "per_class_accuracy.png")  # the worst and best 20 of 150 classes
     assert 300 <= width <= 4000 and 300 <= height <= 4000
+
+
+# --- W&B -------------------------------------------------------------------------------------------------------------
+
+
+def _wandb_run_file(folder: Path) -> Path:
+    runs = list((folder / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((folder / "wandb").iterdir()) if (folder / "wandb").is_dir() else folder
+    (run_file,) = runs[0].glob("run-*.wandb")
+    return run_file
+
+
+def test_eval_logs_its_numbers_pictures_and_per_class_table_to_wandb(stub_ckpt, tmp_path, monkeypatch):
+    from wandb_records import history
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    result = _eval(stub_ckpt, tmp_path / "run", "logger=wandb")
+    assert os.environ["WANDB_MODE"] in ("offline", "dryrun")  # no login prompt on a fresh machine
+    run_file = _wandb_run_file(tmp_path / "run")
+    logged = {k: v for row in history(run_file) for k, v in row.items()}  # nested keys read as "a/b"
+    assert logged["eval/video_acc1"] == pytest.approx(result["video_acc1"]) == pytest.approx(3 / 5)
+    assert logged["eval/mean_class_acc"] == pytest.approx(0.5) and logged["eval/num_clips"] == 30
+    for name in ("confusion_matrix", "per_class_accuracy"):  # wandb.Image, the file kept in the run folder
+        assert logged[f"eval/{name}/_type"] == "images/separated" and logged[f"eval/{name}/format"] == "png"
+        (image,) = logged[f"eval/{name}/filenames"]
+        assert (run_file.parent / "files" / image).is_file()
+    assert logged["eval/confusion_matrix/width"] > 300
+    assert logged["eval/per_class/_type"] == "table-file"  # wandb.Table of per_class.csv
+    assert logged["eval/per_class/nrows"] == len(CLASSES) and logged["eval/per_class/ncols"] == 6

@@ -107,7 +107,7 @@ def plot_per_class_accuracy(
     ax.barh(positions, accuracies, color=colours)
     ax.set_yticks(positions)
     ax.set_yticklabels([f"{r['name']} (n={r['support']})" for r in shown], fontsize=8)
-    ax.invert_yaxis()  # the worst class on top
+    ax.set_ylim(len(shown) - 0.5, -0.5)  # the worst class on top, no empty rows
     ax.set_xlim(0, 100)
     ax.set_xlabel("top-1 accuracy (%)")
     for y, a in zip(positions, accuracies, strict=True):
