@@ -17,6 +17,15 @@ from videorec.models import create_model, list_models
 from videorec.utils.profile import count_gflops, count_params
 
 
+def measure(name: str, frames: int, size: int, num_classes: int) -> tuple[int, float]:
+    """(parameters, GFLOPs of one view) of ``name`` built for ``frames`` x ``size`` x ``size`` input, on the meta
+    device."""
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes, num_frames=frames, img_size=size)
+        x = torch.empty(1, 3, frames, size, size)
+    return count_params(model), count_gflops(model, x)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["*"], help="registry names or glob patterns")
@@ -35,11 +44,8 @@ def main() -> None:
     print("|---|---|---|---|")
     for name in names:
         try:
-            with torch.device("meta"):
-                model = create_model(name, num_classes=args.num_classes, num_frames=args.frames, img_size=args.size)
-                x = torch.empty(1, 3, args.frames, args.size, args.size)
-            gflops = f"{count_gflops(model, x):.1f}"
-            params = f"{count_params(model) / 1e6:.1f}"
+            n_params, n_gflops = measure(name, args.frames, args.size, args.num_classes)
+            gflops, params = f"{n_gflops:.1f}", f"{n_params / 1e6:.1f}"
         except Exception as e:  # noqa: BLE001 - a model that cannot take this input says why, the table goes on
             params, gflops = "-", f"n/a ({type(e).__name__}: {str(e)[:60]})"
         print(f"| `{name}` | {args.frames}x{args.size}x{args.size} | {params} | {gflops} |")

@@ -116,7 +116,7 @@ def test_timm_twins_loads_with_no_arguments(tmp_path, ours, theirs):
     assert model.patch_embeds[0].proj.weight.shape[2] == 2  # inflated from timm's 2D kernels
     x = torch.randn(1, 3, 224, 224)
     diff = logits_diff(ref, model, x, x.unsqueeze(2))  # the image, and the image as a one-frame video
-    assert diff < 1e-4, diff
+    assert diff < 1e-5, diff  # measured 2.1e-6 (PCPVT) and 1.9e-6 (SVT) on logits of size ~3.5
 
 
 def test_timm_svt_window_padding_travels_with_the_format(tmp_path):
@@ -129,7 +129,7 @@ def test_timm_svt_window_padding_travels_with_the_format(tmp_path):
     model = create_model("twins_svt_tiny", img_size=96, pretrained=tmp_path / "svt.pth")
     assert {m.padding for m in model.modules() if isinstance(m, LocallyGroupedAttn3d)} == {"zeros"}
     diff = logits_diff(ref, model.eval(), x, x.unsqueeze(2))
-    assert diff < 1e-4, diff
+    assert diff < 1e-5, diff
     # an explicit override wins, and there the padding does change the output
     masked = create_model("twins_svt_tiny", img_size=96, lsa_padding="masked", pretrained=tmp_path / "svt.pth")
     assert {m.padding for m in masked.modules() if isinstance(m, LocallyGroupedAttn3d)} == {"masked"}
@@ -287,4 +287,4 @@ def test_convert_script_summary_timm_to_state_dict(tmp_path):
     direct = create_model("twins_pcpvt_tiny", pretrained=src).eval()
     again = create_model("twins_pcpvt_tiny", lsa_padding="zeros", pretrained=dst).eval()
     assert logits_diff(direct, again, x.unsqueeze(2)) == 0.0
-    assert logits_diff(ref, again, x, x.unsqueeze(2)) < 1e-4
+    assert logits_diff(ref, again, x, x.unsqueeze(2)) < 1e-5

@@ -186,3 +186,70 @@ def test_own_checkpoint_is_the_familys_format(tmp_path, name):
     torch.save(create_model(name).state_dict(), tmp_path / "own.pth")
     report = load_pretrained(create_model(name), tmp_path / "own.pth")
     assert report.format == model_family(name) and report.renamed == 0 and not report.inflated
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The README's sizes are what the code builds
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _readme_tables() -> list[list[dict[str, str]]]:
+    """The markdown tables of the README's model-zoo section (before its subsections), rows as {column: cell}."""
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Model zoo") :]
+    section = section[: section.index("\n### ")]
+    tables, rows, header = [], [], None
+    for line in [*section.splitlines(), ""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if header is None:
+                header = cells
+            elif not set("".join(cells)) <= set("-: "):
+                rows.append(dict(zip(header, cells, strict=True)))
+        elif header is not None:
+            tables.append(rows)
+            rows, header = [], None
+    return tables
+
+
+def _decimals(cell: str) -> int:
+    return len(cell.split(".")[1]) if "." in cell else 0
+
+
+def _check_params(cell: str, n: int) -> None:
+    if cell.endswith("M"):
+        quoted = cell[:-1]
+        assert round(n / 1e6, _decimals(quoted)) == float(quoted), (cell, n)
+    else:  # an exact count
+        assert int(cell.replace(",", "")) == n, (cell, n)
+
+
+def _check_gflops(cell: str, g: float) -> None:
+    assert round(g, _decimals(cell)) == float(cell), (cell, g)
+
+
+def test_readme_size_tables_are_what_the_code_builds():
+    from conftest import load_script
+
+    measure = load_script("model_table").measure
+    uniform, published = _readme_tables()
+    assert {row["model"].strip("`") for row in uniform} == {n for n in list_models() if not n.endswith("_tiny")}
+    for row in uniform:  # every model at 16x224x224, 400 classes: scripts/model_table.py's own output
+        assert row["input (T x H x W)"] == "16x224x224", row
+        n, g = measure(row["model"].strip("`"), 16, 224, 400)
+        _check_params(row["params (M)"] + "M", n)
+        _check_gflops(row["GFLOPs / view"], g)
+    assert len(published) >= 10
+    for row in published:
+        t, h, w = map(int, row["input (T x H x W)"].split("x"))
+        assert h == w, row
+        n, g = measure(row["model"].strip("`"), t, h, int(row["classes"]))
+        _check_params(row["params"], n)
+        _check_gflops(row["GFLOPs / view"], g)
+        if row["paper"]:  # "21.4M / 41.8" or "12.9M": within 1% of what we build
+            parts = [p.strip() for p in row["paper"].split("/")]
+            assert abs(float(parts[0].rstrip("M")) * 1e6 / n - 1) < 0.01, (row, n)
+            if len(parts) > 1:
+                assert abs(float(parts[1]) / g - 1) < 0.01, (row, g)
