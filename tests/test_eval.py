@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from conftest import compose_config
+from conftest import compose_config, synthetic_overrides
 from hydra.utils import instantiate
 from video_factory import write_video
 
+from videorec.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from videorec.data.transforms import MEAN, STD
 from videorec.eval import evaluate, write_pictures
 from videorec.models import is_model, register_model
@@ -375,3 +376,52 @@ def test_eval_logs_its_numbers_pictures_and_per_class_table_to_wandb(stub_ckpt, 
     assert logged["eval/confusion_matrix/width"] > 300
     assert logged["eval/per_class/_type"] == "table-file"  # wandb.Table of per_class.csv
     assert logged["eval/per_class/nrows"] == len(CLASSES) and logged["eval/per_class/ncols"] == 6
+
+
+def test_training_logs_captioned_validation_clips_to_wandb(tmp_path, monkeypatch, tiny_synthetic_root):
+    from wandb_records import history
+
+    from videorec.train import train
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run_dir = tmp_path / "run"
+    overrides = [
+        *synthetic_overrides(tiny_synthetic_root),
+        "logger=wandb",
+        "trainer.max_epochs=2",
+        "callbacks.val_samples.num_clips=3",
+    ]
+    train(compose_config("train", overrides, run_dir))
+    rows = [row for row in history(_wandb_run_file(run_dir)) if "val/samples/_type" in row]
+    assert len(rows) == 3  # one set per epoch and one for the final validation of the best checkpoint; no sanity check
+    for epoch, row in enumerate(rows):
+        assert row["val/samples/count"] == 3
+        captions = row["val/samples/captions"]
+        assert len(captions) == 3 and all(
+            re.fullmatch(r"pred: \S+ \(\d\.\d\d\) \| true: \S+ \| (right|wrong)", c) for c in captions
+        ), captions
+        assert {c.split("true: ")[1].split(" ")[0] for c in captions} <= set(SYNTHETIC_CLASSES)
+        files = sorted((run_dir / "media" / "val_samples").glob(f"epoch{epoch:03d}_*.mp4"))
+        assert len(files) == 3 and all(f.stat().st_size > 1000 for f in files)
+
+
+# --- predict -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_predict_shows_a_progress_bar_over_the_videos(stub_ckpt, flat_root, tmp_path, capsys, progress):
+    from videorec.predict import predict
+
+    overrides = [f"ckpt_path={stub_ckpt}", f"input={flat_root / 'hand.txt'}", "device=cpu", "num_workers=0"]
+    cfg = compose_config("predict", [*overrides, f"progress={str(progress).lower()}"], tmp_path)
+    results = predict(cfg)
+    out = capsys.readouterr().out
+    bar = re.search(r"predicting on cpu\s.*?(\d+)/(\d+) videos", out)
+    if progress:
+        assert bar is not None and bar.groups() == ("5", "5"), out
+    else:
+        assert bar is None and "predicting" not in out, out
+    # the mean ensemble's top class, as eval found it (predict's views are eval's)
+    assert [r["top"][0]["name"] for r in results] == ["archery", "bowling", "archery", "archery", "curling"]

@@ -20,9 +20,17 @@ from typing import Any
 import hydra
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from rich.console import Console
-from rich.progress import track
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from .data.datasets import VIDEO_SUFFIXES, VideoRecord
@@ -101,14 +109,18 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     views: dict[str, list[torch.Tensor]] = {"probs": [], "video_index": [], "clip_index": [], "crop_index": []}
     skipped: list[str] = []
     loader = datamodule.test_dataloader()
-    for batch in track(loader, description=f"predicting {len(videos)} video(s)", transient=True):
-        skipped += batch.get("skipped", [])
-        if batch["video"].shape[0] == 0:
-            continue
-        logits = model(batch["video"].to(device))
-        views["probs"].append(logits.float().softmax(-1).cpu())
-        for key in ("video_index", "clip_index", "crop_index"):
-            views[key].append(batch[key])
+    clips = loader.dataset.num_clips  # the loader's items are (video, clip), video after video
+    with _progress(bool(cfg.get("progress", True)) and rank_zero_only.rank == 0) as progress:
+        task = progress.add_task(f"predicting on {device.type}", total=len(videos))
+        for step, batch in enumerate(loader):
+            skipped += batch.get("skipped", [])
+            if batch["video"].shape[0]:
+                logits = model(batch["video"].to(device))
+                views["probs"].append(logits.float().softmax(-1).cpu())
+                for key in ("video_index", "clip_index", "crop_index"):
+                    views[key].append(batch[key])
+            done = min(len(loader.dataset), (step + 1) * loader.batch_size) // clips
+            progress.update(task, completed=done)
     # each view of a broken file reports it: keep one line per file
     skipped = list({item.split(": ", 1)[0]: item for item in skipped}.values())
     results: list[dict[str, Any]] = []
@@ -132,6 +144,20 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     write_json(output, {"checkpoint": str(ckpt), "videos": results, "skipped": skipped})
     _show(results, skipped, output)
     return results
+
+
+def _progress(enabled: bool) -> Progress:
+    """A progress bar over the videos (videos done / all, elapsed and remaining time); off with ``progress=false``.
+    On a terminal it redraws in place; in a log (no terminal) its final state is printed once."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("videos"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, disable=not enabled)
 
 
 def _show(results: list[dict[str, Any]], skipped: list[str], path: Path) -> None:
