@@ -39,7 +39,7 @@ CLASSES = ["archery", "bowling", "curling", "diving", "fencing", "golf"]
 FRAMES, HEIGHT, WIDTH = 16, 32, 48
 
 
-# --- the videos ----------------------------------------------------------------------------------------------------
+# --- the videos -------------------------------------------------------------------------------------------------------
 
 
 def flat_frames(video: int) -> np.ndarray:
@@ -158,7 +158,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-# --- hand-computed figures -----------------------------------------------------------------------------------------
+# --- hand-computed figures --------------------------------------------------------------------------------------------
 
 
 def test_stub_logits_give_the_hand_computed_figures(stub_ckpt, tmp_path):
@@ -229,7 +229,7 @@ def test_views_seen_twice_count_once_at_clip_and_video_level():
     assert once["video_acc1"] == twice["video_acc1"] == 1.0
 
 
-# --- 1 process = N processes ---------------------------------------------------------------------------------------
+# --- 1 process = N processes ------------------------------------------------------------------------------------------
 
 
 def _free_port() -> int:
@@ -303,7 +303,7 @@ def test_one_process_torchrun_and_ddp_spawn_give_the_same_figures(flat_root, tmp
     assert "videorec eval: uniformer_tiny" in spawn_log and "video_acc1" in spawn_log
 
 
-# --- pictures --------------------------------------------------------------------------------------------------------
+# --- pictures ---------------------------------------------------------------------------------------------------------
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -347,7 +347,7 @@ def test_above_100_classes_the_top_confusions_table_replaces_the_matrix(tmp_path
     assert 300 <= width <= 4000 and 300 <= height <= 4000
 
 
-# --- W&B -------------------------------------------------------------------------------------------------------------
+# --- W&B --------------------------------------------------------------------------------------------------------------
 
 
 def _wandb_run_file(folder: Path) -> Path:
@@ -407,7 +407,35 @@ def test_training_logs_captioned_validation_clips_to_wandb(tmp_path, monkeypatch
         assert len(files) == 3 and all(f.stat().st_size > 1000 for f in files)
 
 
-# --- predict -----------------------------------------------------------------------------------------------------------
+def test_validation_clips_under_torchrun_come_from_rank_zero_alone(tmp_path, tiny_synthetic_root):
+    """Two torchrun processes train with logger=wandb and the default callbacks: rank 0 logs the clips while rank 1
+    goes on, and neither waits for the other (a hang fails through the timeout)."""
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "videorec.train",
+        *synthetic_overrides(tiny_synthetic_root), "trainer.devices=2", "++trainer.strategy=ddp",
+        "logger=wandb", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    log = tmp_path / "train.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env={**_env(), "WANDB_DIR": str(tmp_path)}, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        proc.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"training hung for more than {TIMEOUT} s\n{log.read_text()[-3000:]}")
+    assert proc.returncode == 0, log.read_text()[-4000:]
+    from wandb_records import history
+
+    rows = [row for row in history(_wandb_run_file(run_dir)) if "val/samples/_type" in row]
+    assert [row["val/samples/count"] for row in rows] == [4, 4]  # the epoch, then the best checkpoint's validation
+    files = sorted(p.name for p in (run_dir / "media" / "val_samples").iterdir())
+    assert files == [f"epoch{e:03d}_{i}.mp4" for e in (0, 1) for i in range(4)]  # the files W&B was handed
+
+
+# --- predict ----------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("progress", [True, False])
