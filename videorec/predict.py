@@ -3,7 +3,7 @@
 Every video is decoded into the evaluation views of the data configuration stored in the checkpoint (uniformly
 spaced clips x crops, the geometry the model was trained for), the softmax probabilities of its views are averaged,
 and the top-k class names are printed and written to ``predictions.json`` in the run directory. A file that cannot be
-decoded is reported by name and skipped.
+decoded is reported by name and skipped. A progress bar counts the videos (``progress=false`` hides it).
 
 Examples:
     python -m videorec.predict ckpt_path=best.ckpt input=clip.mp4

@@ -219,6 +219,7 @@ class VideoClassifier(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._test_views = []
+        self.test_views = {}
         self.video_results = {}
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
