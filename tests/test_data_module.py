@@ -217,3 +217,35 @@ def test_each_loader_worker_computes_on_one_thread():
 
     loader = torch.utils.data.DataLoader(Threads(), num_workers=1, worker_init_fn=seed_worker, batch_size=2)
     assert next(iter(loader)).tolist() == [1, 1]
+
+
+def test_repeated_augmentation_keeps_the_ddp_step_counts(tmp_path, monkeypatch):
+    """Two ranks, 7 videos, num_samples=2, batch_size=4 clips: every rank runs ceil(ceil(7 / 2) / 2) = 2 steps of
+    2 videos x 2 clips, each epoch covers every video (padded to 8, as DistributedSampler pads), and each video's
+    clips stay together in one step. (The ranks' loaders are built in this process with the rank and world size the
+    datamodule reads from the process group; tests/test_ddp_data.py runs the same samplers in real gloo ranks.)"""
+    import videorec.data.datamodule as datamodule
+
+    root = write_kinetics_dataset(tmp_path / "k", CLASSES, per_class=3, num_frames=8, size=(24, 32))
+    lines = (root / "train.txt").read_text().splitlines()[:7]
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    dm = KineticsDataModule(root=str(root), **SMALL, num_samples=2)
+    dm.setup("fit")
+    loaders = []
+    for rank in range(2):
+        monkeypatch.setattr(datamodule, "dist_info", lambda rank=rank: (rank, 2))
+        loaders.append(dm.train_dataloader())
+    assert [len(loader) for loader in loaders] == [2, 2]
+    orders = []
+    for epoch in range(2):
+        steps = []
+        for loader in loaders:
+            loader.sampler.set_epoch(epoch)
+            steps.append([b["video_index"].tolist() for b in loader])
+        assert [len(s) for s in steps] == [2, 2]  # the same number of steps on both ranks
+        assert all(len(batch) == 4 for s in steps for batch in s)  # batch_size still counts clips
+        assert all(batch[0::2] == batch[1::2] for s in steps for batch in s)  # 2 clips of each video, together
+        videos = [v for s in steps for batch in s for v in batch[0::2]]
+        assert len(videos) == 8 and set(videos) == set(range(7))  # every video; one repeated to pad 7 to 8
+        orders.append(videos)
+    assert orders[0] != orders[1]  # a new order each epoch
