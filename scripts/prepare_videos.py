@@ -169,8 +169,8 @@ def _probe(path: str, threads: int) -> tuple[int, int, int]:
 
 
 def _display_size(width: int, height: int, rotation: int, sar: Fraction | None) -> tuple[int, int]:
-    if sar and sar > 0 and sar != 1:
-        width = round(width * sar)
+    if sar and sar > 0 and sar != 1:  # non-square pixels: shrink one side to square ones (never widen the other)
+        width, height = (width, round(height / sar)) if sar > 1 else (round(width * sar), height)
     return (height, width) if rotation in (90, 270) else (width, height)
 
 

@@ -201,3 +201,23 @@ def test_command_with_parallel_workers_gives_the_same_outputs(src, prepared, tmp
         assert parallel_frames.shape == serial_frames.shape, rel
         assert np.abs(parallel_frames.astype(int) - serial_frames).mean() < 3, rel
     assert (dst / "broken.csv").read_text() == (serial / "broken.csv").read_text()
+
+
+def test_non_square_pixels_become_square_without_widening(tmp_path):
+    from fractions import Fraction
+
+    path = tmp_path / "src" / "anamorphic.mp4"  # 64x48 stored, pixels twice as wide as high: displayed 128x48
+    path.parent.mkdir()
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(2, 1)
+        for i, array in enumerate(moving_square_frames(6, 48, 64)):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    _load().main([str(tmp_path / "src"), str(tmp_path / "dst"), "--short-side", "32", "--workers", "1", "--bench", "0"])
+    out = tmp_path / "dst" / "anamorphic.mp4"
+    assert _frames(out).shape == (6, 24, 64, 3)  # the 128:48 display aspect, in square pixels, no side enlarged
+    assert _streams(out)[1].codec_context.sample_aspect_ratio in (None, 0, 1)
