@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # one DataLoader worker
-    console = Console(width=None if sys.stdout.isatty() else 160)  # full tables when the output is logged
+    console = Console(width=None if sys.stdout.isatty() else 190)  # full tables when the output is logged
 
     tmp = tempfile.TemporaryDirectory()
     if args.files or args.natural:
@@ -256,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
 
     rng = np.random.default_rng(0)
     seconds: dict[tuple[str, str], float] = defaultdict(float)
+    cpu_seconds: dict[tuple[str, str], float] = defaultdict(float)  # this process's CPU time, all its threads
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for path in files:
         key = str(path)
@@ -264,9 +265,10 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
             fn(key, int(starts[0]))
         for start in starts:
             for name, fn in methods.items():
-                begin = time.perf_counter()
+                begin, cpu_begin = time.perf_counter(), time.process_time()
                 clip = fn(key, int(start))
                 seconds[(groups[key], name)] += time.perf_counter() - begin
+                cpu_seconds[(groups[key], name)] += time.process_time() - cpu_begin
                 counts[(groups[key], name)] += 1
                 length = clip.shape[1] if clip.is_floating_point() else clip.shape[0]  # (C, T, H, W) or (T, H, W, 3)
                 assert length == t, (name, tuple(clip.shape))
@@ -274,9 +276,9 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
     ours_out = "float (C, T, H, W)" if args.float else "uint8 (T, H, W, 3)"
     title = f"{t}x{s} clips, one worker process (torch threads = 1), {args.clips} clips per file; ours: {ours_out}"
     table = Table(title=title)
-    columns = ["video", "method", "clips/s", "ms / clip", "speed-up vs pytorchvideo decord"]
-    if args.reference_one_thread:
-        columns.append("vs pytorchvideo decord 1 thread")
+    columns = ["video", "method", "clips/s", "ms / clip", "CPU ms / clip", "speed-up vs pytorchvideo decord"]
+    if args.reference_one_thread:  # CPU time: what a worker costs when every method runs on one thread
+        columns += ["vs 1-thread pytorchvideo", "same, CPU time"]
     for column in columns:
         table.add_column(column, justify="left" if column in ("video", "method") else "right")
     for group in dict.fromkeys(groups.values()):
@@ -284,8 +286,12 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
         per_reference = [seconds[(group, ref)] / counts[(group, ref)] for ref in references]
         for name in methods:
             per_clip = seconds[(group, name)] / counts[(group, name)]
+            cpu_per_clip = cpu_seconds[(group, name)] / counts[(group, name)]
             ratios = [f"{reference / per_clip:.2f}x" for reference in per_reference]
-            table.add_row(group, name, f"{1 / per_clip:.1f}", f"{1000 * per_clip:.1f}", *ratios)
+            if args.reference_one_thread:
+                ratios.append(f"{cpu_seconds[(group, ONE_THREAD_REFERENCE)] / cpu_seconds[(group, name)]:.2f}x")
+            times = (f"{1 / per_clip:.1f}", f"{1000 * per_clip:.1f}", f"{1000 * cpu_per_clip:.1f}")
+            table.add_row(group, name, *times, *ratios)
     console.print(table)
     tmp.cleanup()
     return {key: counts[key] / seconds[key] for key in seconds}
