@@ -23,7 +23,7 @@ CLASSES = ["abseiling", "archery"]
 
 @pytest.fixture(scope="module")
 def broken_list_root(tmp_path_factory) -> Path:
-    """2 classes x 4 train / 2 val videos, plus one undecodable file listed in the train and val lists."""
+    """2 classes x 4 train / 4 val videos, plus one undecodable file listed in the train and val lists."""
     root = write_kinetics_dataset(tmp_path_factory.mktemp("k"), CLASSES, per_class=4, num_frames=8, size=(32, 32))
     write_text_as_video(root / "train" / "broken.mp4")
     with open(root / "train.txt", "a") as f:
@@ -56,6 +56,7 @@ def _overrides(root: Path, run_dir: Path) -> list[str]:
         "trainer.max_epochs=2",
         "trainer.log_every_n_steps=1",
         "logger=csv",
+        "test=true",
         f"hydra.run.dir={run_dir}",
     ]
 
@@ -96,6 +97,8 @@ def _check_run(run_dir: Path, logs: list[Path], processes: int) -> None:
     assert [p.name for p in run_dir.rglob("checkpoints")] == ["checkpoints"]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    # the test split (the val list: 8 videos and the broken one), its views gathered from both ranks
+    assert metrics["test/num_videos"] == 8 and metrics["test/num_clips"] % 8 == 0, metrics
     val_rows = _rows(run_dir, "val/acc1")
     assert len(val_rows) == 3, val_rows  # two epochs, each validated, then the best checkpoint once more
     for row in val_rows:  # the broken video counted once per epoch, over both ranks

@@ -234,8 +234,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update(flat_metrics(val))
         if cfg.get("test"):
             (test,) = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-            metrics.update(flat_metrics(test))
-            metrics.update(flat_metrics({f"test/{k}": v for k, v in model.video_results.items() if k != "videos"}))
+            metrics.update(flat_metrics(test))  # logged from the views of every rank, so complete under ddp_spawn too
 
         # every rank holds the same synchronised numbers; each says so in its own log, rank 0 writes them
         log.info("rank %d final metrics: %s", trainer.global_rank, json.dumps(metrics, sort_keys=True))

@@ -251,8 +251,10 @@ class VideoClassifier(L.LightningModule):
         self.video_results = aggregate_views(**views)
         # gathered and de-duplicated: the same on every rank (so "max" reduces exactly) and the same at any world size
         clip_level = {"clip_acc1": "acc1", "clip_acc5": "acc5", "clip_loss": "loss"}  # test/acc1: every view alone
-        for key in ("clip_acc1", "clip_acc5", "clip_loss", "video_acc1", "video_acc5"):
-            self.log(f"test/{clip_level.get(key, key)}", self.video_results[key], sync_dist=True, reduce_fx="max")
+        for key in ("clip_acc1", "clip_acc5", "clip_loss", "video_acc1", "video_acc5", "num_videos", "num_clips"):
+            self.log(
+                f"test/{clip_level.get(key, key)}", float(self.video_results[key]), sync_dist=True, reduce_fx="max"
+            )
 
     # --- optimisation ---
     def configure_optimizers(self) -> dict[str, Any]:
