@@ -22,9 +22,9 @@ install: $(STAMP) ## Create .venv and install videorec with its dev tools
 demo: $(STAMP) ## Train UniFormer-tiny on the embedded synthetic video dataset (CPU is fine)
 	$(PY) -m videorec.train experiment=demo
 
-# torchcodec loads FFmpeg's shared libraries from the system (it supports FFmpeg 4 to 8; Debian 12 ships 5.1). When
-# none is found they are installed with apt-get (as root, or through passwordless sudo); where that is not possible
-# a warning says so and the torchcodec tests skip, naming the reason.
+# torchcodec loads FFmpeg's shared libraries from the system (0.17 has builds for FFmpeg 4 to 9; Debian 12 ships
+# 5.1). When none is found they are installed with apt-get (as root, or through passwordless sudo); where that is not
+# possible a warning says so and the torchcodec tests skip, naming the reason.
 LDCONFIG ?= $(shell command -v ldconfig || echo /sbin/ldconfig)
 ffmpeg-libs: ## Install FFmpeg's shared libraries for torchcodec (Debian's ffmpeg) when they are missing
 	@if ! $(LDCONFIG) -p 2>/dev/null | grep -q 'libavcodec\.so'; then \
