@@ -37,9 +37,9 @@ def test_ssv2_flip_swaps_left_and_right(ssv2_root):
     dm = SSv2DataModule(root=str(ssv2_root), num_workers=0, num_frames=4, crop_size=32, flip=True)
     dataset = dm.dataset("train")
     dataset.flip_prob = 1.0
-    dataset.transform = lambda frames: frames  # look at the raw frames
+    dataset.transform = lambda frames: frames.permute(3, 0, 1, 2)  # the raw frames as a (C, T, H, W) clip
     plain = SSv2DataModule(root=str(ssv2_root), num_workers=0, num_frames=4, crop_size=32).dataset("train")
-    plain.transform = lambda frames: frames
+    plain.transform = lambda frames: frames.permute(3, 0, 1, 2)
     for index, record in enumerate(dm.records["train"]):
         torch.manual_seed(index)
         (flipped,) = dataset[index]
@@ -50,7 +50,7 @@ def test_ssv2_flip_swaps_left_and_right(ssv2_root):
         if record.label == 3:
             assert torch.equal(flipped["video"], unflipped["video"])  # no partner: not flipped
         else:
-            assert torch.equal(flipped["video"], unflipped["video"].flip(2))
+            assert torch.equal(flipped["video"], unflipped["video"].flip(-1))  # mirrored in W
 
 
 def test_ssv2_test_views_differ(ssv2_root):

@@ -201,10 +201,15 @@ class VideoClipDataset(Dataset):
             torch.manual_seed(key)  # inside the item's forked RNG: restored when the item is done
             generator = torch.Generator().manual_seed(key)
         flippable = self.flip_prob > 0 and self.flip_labels.get(label, label) is not None
-        if flippable and float(torch.rand((), generator=generator)) < self.flip_prob:
-            frames = frames.flip(2)  # (T, H, W, 3): mirror W
+        flip = flippable and float(torch.rand((), generator=generator)) < self.flip_prob
+        video = self.transform(frames)
+        if flip:
+            # Mirroring the transformed clip (C, T, crop, crop) rather than the decoded frames gives the same
+            # distribution (the crop, RandAugment and erasing draws are symmetric in W) at a fraction of the cost:
+            # at 720p a copy of the whole decoded clip costs about as much as the rest of the augmentation.
+            video = video.flip(-1)
             label = self.flip_labels.get(label, label)
-        sample = self._sample(self.transform(frames), label, video_index, 0, 0)
+        sample = self._sample(video, label, video_index, 0, 0)
         return sample if key is None else {**sample, "seed": key}
 
     @staticmethod
