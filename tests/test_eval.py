@@ -30,7 +30,7 @@ from video_factory import write_video
 from videorec.data.synthetic import CLASSES as SYNTHETIC_CLASSES
 from videorec.data.transforms import MEAN, STD
 from videorec.eval import evaluate, write_pictures
-from videorec.models import is_model, register_model
+from videorec.models import is_model, list_models, register_model, unregister_model
 from videorec.train import build_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,11 +91,18 @@ class StubBackbone(nn.Module):
         return torch.tensor(rows, device=video.device).log().clamp(min=-30.0)
 
 
-if not is_model("eval_stub"):
+def eval_stub(**kwargs) -> nn.Module:
+    return StubBackbone(**kwargs)
 
-    @register_model
-    def eval_stub(**kwargs) -> nn.Module:
-        return StubBackbone(**kwargs)
+
+@pytest.fixture(scope="module", autouse=True)
+def stub_registered():
+    """The stub is a registered model while this module's tests run, and only then (the zoo tests list the
+    registry)."""
+    register_model(eval_stub)
+    yield
+    assert unregister_model("eval_stub") is eval_stub
+    assert not is_model("eval_stub") and "eval_stub" not in list_models()
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +152,7 @@ def build_checkpoint(path: Path, root: Path, model: str, test_list: str, batch_s
 
 
 @pytest.fixture(scope="module")
-def stub_ckpt(flat_root, tmp_path_factory) -> Path:
+def stub_ckpt(stub_registered, flat_root, tmp_path_factory) -> Path:
     return build_checkpoint(tmp_path_factory.mktemp("stub") / "stub.ckpt", flat_root, "eval_stub", "hand.txt")
 
 

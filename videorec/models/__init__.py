@@ -4,7 +4,15 @@
 # decorators.
 from . import mvit, twins, uniformer, vvt, xformer  # noqa: F401
 from .checkpoints import CheckpointError, load_pretrained
-from .registry import UnknownModelError, create_model, is_model, list_models, model_family, register_model
+from .registry import (
+    UnknownModelError,
+    create_model,
+    is_model,
+    list_models,
+    model_family,
+    register_model,
+    unregister_model,
+)
 
 __all__ = [
     "CheckpointError",
@@ -15,4 +23,5 @@ __all__ = [
     "load_pretrained",
     "model_family",
     "register_model",
+    "unregister_model",
 ]

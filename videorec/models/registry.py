@@ -18,6 +18,7 @@ import torch.nn as nn
 
 __all__ = [
     "register_model",
+    "unregister_model",
     "create_model",
     "list_models",
     "is_model",
@@ -45,6 +46,13 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     _MODELS[name] = fn
     _FAMILY[name] = fn.__module__.rsplit(".", 1)[-1]
     return fn
+
+
+def unregister_model(name: str) -> Callable[..., nn.Module]:
+    """Remove a registered variant (a plugin's or a test's) and return its builder."""
+    _check_name(name)
+    _FAMILY.pop(name)
+    return _MODELS.pop(name)
 
 
 def list_models(pattern: str = "*") -> list[str]:
