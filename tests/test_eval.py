@@ -254,10 +254,11 @@ FIGURES = ("clip_acc1", "clip_acc5", "clip_loss", "video_acc1", "video_acc5", "m
 FIGURES += ("num_clips", "skipped_videos", "eval_clips", "eval_crops", "split", "ensemble")
 
 
-def test_one_process_torchrun_and_ddp_spawn_give_the_same_figures(flat_root, tmp_path):
+def test_one_process_two_torchrun_nodes_and_ddp_spawn_give_the_same_figures(flat_root, tmp_path):
     """Seven videos (odd: the ranks' shares differ), 2 clips x 3 crops, 4 (video, clip) items a step (so the steps
     differ too: 4+4+4+2 items in one process, 4+3 on each rank), a randomly initialised UniFormer: every figure of
-    eval.json, every probability of predictions.csv and the per-class table are equal.
+    eval.json, every probability of predictions.csv and the per-class table are equal in one process, under torchrun
+    as two nodes of one process each (two launchers, as on two machines) and under ddp_spawn (`trainer=ddp_cpu`).
 
     Every process computes on one thread: CPU kernels split their sums by thread, and with 2 threads here against 1
     in the subprocesses the clip loss differed in the 8th digit (2e-8 relative), the kernels' doing, not the
@@ -265,15 +266,21 @@ def test_one_process_torchrun_and_ddp_spawn_give_the_same_figures(flat_root, tmp
     ckpt = build_checkpoint(tmp_path / "tiny.ckpt", flat_root, "uniformer_tiny", "seven.txt")
     runs = {"one": tmp_path / "one", "torchrun": tmp_path / "torchrun", "spawn": tmp_path / "spawn"}
     common = [f"ckpt_path={ckpt}", "data.num_workers=0"]
-    torchrun = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "videorec.eval", *common,
-        "trainer.accelerator=cpu", "trainer.devices=2", "++trainer.strategy=ddp", f"hydra.run.dir={runs['torchrun']}",
-    ]  # fmt: skip
-    spawn = [sys.executable, "-m", "videorec.eval", *common, "trainer=ddp_cpu", f"hydra.run.dir={runs['spawn']}"]
-    logs = {name: tmp_path / f"{name}.log" for name in ("torchrun", "spawn")}
+    port = _free_port()
+    cmds = {
+        f"node{node}": [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+            "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
+            "-m", "videorec.eval", *common, "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2",
+            "++trainer.strategy=ddp", f"hydra.run.dir={runs['torchrun']}",
+        ]
+        for node in range(2)
+    }  # fmt: skip
+    spawn_dir = f"hydra.run.dir={runs['spawn']}"
+    cmds["spawn"] = [sys.executable, "-m", "videorec.eval", *common, "trainer=ddp_cpu", spawn_dir]
+    logs = {name: tmp_path / f"{name}.log" for name in cmds}
     procs = {}
-    for name, cmd in (("torchrun", torchrun), ("spawn", spawn)):
+    for name, cmd in cmds.items():
         with open(logs[name], "w") as out:
             procs[name] = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=out, stderr=subprocess.STDOUT)
     threads = torch.get_num_threads()
@@ -302,10 +309,10 @@ def test_one_process_torchrun_and_ddp_spawn_give_the_same_figures(flat_root, tmp
         # the same videos with the same probabilities, and the same per-class table
         for table in ("predictions.csv", "per_class.csv"):
             assert (runs[name] / table).read_text() == (runs["one"] / table).read_text(), (name, table)
-    # torchrun: rank 0 alone reports (one summary table for two processes); the launching process of ddp_spawn read
-    # the report its rank 0 wrote and shows it
-    torchrun_log = logs["torchrun"].read_text()
-    assert len(re.findall(r"videorec eval: uniformer_tiny", torchrun_log)) == 1, torchrun_log[-3000:]
+    # torchrun: global rank 0 alone reports (one summary table for the two nodes); the launching process of
+    # ddp_spawn read the report its rank 0 wrote and shows it
+    node_logs = logs["node0"].read_text() + logs["node1"].read_text()
+    assert len(re.findall(r"videorec eval: uniformer_tiny", node_logs)) == 1, node_logs[-3000:]
     spawn_log = logs["spawn"].read_text()
     assert "videorec eval: uniformer_tiny" in spawn_log and "video_acc1" in spawn_log
 
