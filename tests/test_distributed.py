@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from subprocs import free_port, launch, wait_ok
 from video_factory import write_kinetics_dataset, write_text_as_video
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 300  # seconds; a run that deadlocks is killed and fails here instead of hanging CI
 CLASSES = ["abseiling", "archery"]
 
 
@@ -31,12 +28,6 @@ def broken_list_root(tmp_path_factory) -> Path:
     with open(root / "val.txt", "a") as f:
         f.write("train/broken.mp4 0\n")
     return root
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _overrides(root: Path, run_dir: Path) -> list[str]:
@@ -59,29 +50,6 @@ def _overrides(root: Path, run_dir: Path) -> list[str]:
         "test=true",
         f"hydra.run.dir={run_dir}",
     ]
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_", "LOCAL_RANK"))}
-    return {**env, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-
-
-def _launch(cmd: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    with open(log, "w") as out:  # the child keeps its own handle
-        return subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=out, stderr=subprocess.STDOUT)
-
-
-def _wait(procs: list[subprocess.Popen], logs: list[Path]) -> None:
-    try:
-        for p in procs:
-            p.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-        tails = "\n".join(f"--- {log}\n{log.read_text()[-3000:]}" for log in logs)
-        pytest.fail(f"a rank hung for more than {TIMEOUT} s\n{tails}")
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, f"exit {p.returncode}\n{log.read_text()[-4000:]}"
 
 
 def _rows(run_dir: Path, key: str) -> list[dict[str, str]]:
@@ -121,7 +89,7 @@ def _check_run(run_dir: Path, logs: list[Path], processes: int) -> None:
 
 def test_two_torchrun_nodes_train_two_epochs(broken_list_root, tmp_path):
     run_dir = tmp_path / "run"
-    port = _free_port()
+    port = free_port()
     procs, logs = [], []
     for node in range(2):
         cmd = [
@@ -133,8 +101,8 @@ def test_two_torchrun_nodes_train_two_epochs(broken_list_root, tmp_path):
             "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2", "++trainer.strategy=ddp",
         ]  # fmt: skip
         logs.append(tmp_path / f"node{node}.log")
-        procs.append(_launch(cmd, tmp_path, logs[-1]))
-    _wait(procs, logs)
+        procs.append(launch(cmd, tmp_path, logs[-1]))
+    wait_ok(procs, logs, "a rank")
     _check_run(run_dir, logs, processes=2)
 
 
@@ -142,6 +110,6 @@ def test_ddp_cpu_trainer_config_trains_two_epochs(broken_list_root, tmp_path):
     run_dir = tmp_path / "run"
     log = tmp_path / "run.log"
     cmd = [sys.executable, "-m", "videorec.train", *_overrides(broken_list_root, run_dir), "trainer=ddp_cpu"]
-    proc = _launch(cmd, tmp_path, log)
-    _wait([proc], [log])
+    proc = launch(cmd, tmp_path, log)
+    wait_ok([proc], [log], "a rank")
     _check_run(run_dir, [log], processes=1)

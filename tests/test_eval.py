@@ -13,9 +13,7 @@ import json
 import math
 import os
 import re
-import socket
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch
 import torch.nn as nn
 from conftest import compose_config, synthetic_overrides
 from hydra.utils import instantiate
+from subprocs import child_env, free_port, launch, wait_ok
 from video_factory import write_video
 
 from videorec.data.synthetic import CLASSES as SYNTHETIC_CLASSES
@@ -34,7 +33,6 @@ from videorec.models import is_model, list_models, register_model, unregister_mo
 from videorec.train import build_module
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 300  # seconds for a subprocess; a hang fails instead of blocking CI
 CLASSES = ["archery", "bowling", "curling", "diving", "fencing", "golf"]
 FRAMES, HEIGHT, WIDTH = 16, 32, 48
 
@@ -239,17 +237,6 @@ def test_views_seen_twice_count_once_at_clip_and_video_level():
 # --- 1 process = N processes ------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_", "LOCAL_RANK"))}
-    return {**env, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-
-
 FIGURES = ("clip_acc1", "clip_acc5", "clip_loss", "video_acc1", "video_acc5", "mean_class_acc", "num_videos")
 FIGURES += ("num_clips", "skipped_videos", "eval_clips", "eval_crops", "split", "ensemble")
 
@@ -266,7 +253,7 @@ def test_one_process_two_torchrun_nodes_and_ddp_spawn_give_the_same_figures(flat
     ckpt = build_checkpoint(tmp_path / "tiny.ckpt", flat_root, "uniformer_tiny", "seven.txt")
     runs = {"one": tmp_path / "one", "torchrun": tmp_path / "torchrun", "spawn": tmp_path / "spawn"}
     common = [f"ckpt_path={ckpt}", "data.num_workers=0"]
-    port = _free_port()
+    port = free_port()
     cmds = {
         f"node{node}": [
             sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
@@ -279,26 +266,18 @@ def test_one_process_two_torchrun_nodes_and_ddp_spawn_give_the_same_figures(flat
     spawn_dir = f"hydra.run.dir={runs['spawn']}"
     cmds["spawn"] = [sys.executable, "-m", "videorec.eval", *common, "trainer=ddp_cpu", spawn_dir]
     logs = {name: tmp_path / f"{name}.log" for name in cmds}
-    procs = {}
-    for name, cmd in cmds.items():
-        with open(logs[name], "w") as out:
-            procs[name] = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=out, stderr=subprocess.STDOUT)
+    procs = {name: launch(cmd, tmp_path, logs[name]) for name, cmd in cmds.items()}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the subprocesses (OMP_NUM_THREADS=1): kernels split their sums by thread
     try:
         single = _eval(ckpt, runs["one"])
-        for proc in procs.values():
-            proc.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        tails = "\n".join(f"--- {n}\n{log.read_text()[-3000:]}" for n, log in logs.items())
-        pytest.fail(f"an evaluation hung for more than {TIMEOUT} s\n{tails}")
-    finally:
-        torch.set_num_threads(threads)
+    except BaseException:
         for proc in procs.values():
             proc.kill()
-            proc.wait()
-    for name, proc in procs.items():
-        assert proc.returncode == 0, f"{name}: exit {proc.returncode}\n{logs[name].read_text()[-4000:]}"
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    wait_ok(list(procs.values()), list(logs.values()), "an evaluation")
 
     reports = {name: json.loads((run / "eval.json").read_text()) for name, run in runs.items()}
     assert reports["one"]["num_videos"] == 7 and reports["one"]["num_clips"] == 7 * 2 * 3
@@ -427,20 +406,12 @@ def test_validation_clips_under_torchrun_come_from_rank_zero_alone(tmp_path, tin
     run_dir = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()), "-m", "videorec.train",
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "videorec.train",
         *synthetic_overrides(tiny_synthetic_root), "trainer.devices=2", "++trainer.strategy=ddp",
         "logger=wandb", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}",
     ]  # fmt: skip
     log = tmp_path / "train.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env={**_env(), "WANDB_DIR": str(tmp_path)}, stdout=out,
-                                stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        proc.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail(f"training hung for more than {TIMEOUT} s\n{log.read_text()[-3000:]}")
-    assert proc.returncode == 0, log.read_text()[-4000:]
+    wait_ok([launch(cmd, tmp_path, log, child_env(WANDB_DIR=str(tmp_path)))], [log], "training")
     from wandb_records import history
 
     rows = [row for row in history(_wandb_run_file(run_dir)) if "val/samples/_type" in row]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import synthetic_overrides
+from subprocs import TIMEOUT, child_env, launch, wait_ok
 
-TIMEOUT = 300
 STEPS_PER_EPOCH = 8  # 8 classes x 4 videos / batch 4
 
 
@@ -36,24 +36,13 @@ def data_overrides(tmp_path_factory) -> list[str]:
     ]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))}
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
-
-
 def _start(run_dir: Path, overrides: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "videorec.train", *overrides, f"hydra.run.dir={run_dir}"]
-    with open(log, "a") as out:
-        return subprocess.Popen(cmd, cwd=run_dir.parent, env=env or _env(), stdout=out, stderr=subprocess.STDOUT)
+    return launch(cmd, run_dir.parent, log, env, append=True)
 
 
 def _finish(proc: subprocess.Popen, log: Path) -> None:
-    try:
-        proc.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail(f"the run hung for more than {TIMEOUT} s\n{log.read_text()[-3000:]}")
-    assert proc.returncode == 0, log.read_text()[-4000:]
+    wait_ok([proc], [log], "the run")
 
 
 def _step(path: Path) -> int:
@@ -131,9 +120,8 @@ def test_slurm_requeue_writes_the_hpc_checkpoint_and_the_requeued_job_resumes(tm
     overrides = [o for o in data_overrides if "every_n_train_steps" not in o]  # last.ckpt only at epoch ends here
     cmd = [sys.executable, "-m", "videorec.train", *overrides, "trainer.max_epochs=3", "ckpt_path=auto"]
     log = tmp_path / "job.log"
-    env = _env(VIDEOREC_LOG_DIR=str(logs), **slurm)
-    with open(log, "a") as out:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    env = child_env(VIDEOREC_LOG_DIR=str(logs), **slurm)
+    proc = launch(cmd, tmp_path, log, env, append=True)
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + TIMEOUT
     while "SLURM auto-requeueing enabled" not in log.read_text() and time.monotonic() < deadline:
@@ -146,9 +134,7 @@ def test_slurm_requeue_writes_the_hpc_checkpoint_and_the_requeued_job_resumes(tm
     assert calls.read_text().split() == ["requeue", "4242"]
     assert _step(hpc) < 3 * STEPS_PER_EPOCH
 
-    with open(log, "a") as out:  # the requeued job: same command, same job id
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-    _finish(proc, log)
+    _finish(launch(cmd, tmp_path, log, env, append=True), log)  # the requeued job: same command, same job id
     text = log.read_text()
     assert (
         f"ckpt_path=auto: resuming from {hpc}" in text and f"Restored all states from the checkpoint at {hpc}" in text
