@@ -34,7 +34,7 @@ from videorec.data import KineticsDataModule, SSv2DataModule, VideoDecodeError, 
 from videorec.data.ssv2 import PREFIX, SPLIT_FILES
 
 
-def check_video(path: str, decoder: str = "decord") -> str | None:
+def check_video(path: str, decoder: str = "pyav") -> str | None:
     """None when the video decodes, else the reason it does not."""
     try:
         read_frames(path, lambda n: np.unique(np.linspace(0, n - 1, 4).round().astype(np.int64)), decoder, None)
@@ -122,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dataset", choices=["kinetics", "ssv2"])
     parser.add_argument("--root", required=True, help="dataset root")
     parser.add_argument("--out", help="output folder (default: <root>/lists)")
-    parser.add_argument("--decoder", default="decord", choices=["decord", "pyav", "torchcodec"])
+    parser.add_argument(
+        "--decoder",
+        default="pyav",
+        choices=["decord", "pyav", "torchcodec"],
+        help="the decoder training uses (data.decoder)",
+    )
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="checking processes")
     kinetics = parser.add_argument_group("kinetics")
     kinetics.add_argument("--variant", default="k400", help="k400 / k700 (shipped class lists), or 'none'")
