@@ -158,9 +158,13 @@ def _open_pyav(path: str, threads: int):
         container.close()
         raise VideoDecodeError(f"{path}: no video stream")
     stream = container.streams.video[0]
+    _pyav_configure(stream, threads)
+    return container, stream
+
+
+def _pyav_configure(stream, threads: int) -> None:
     stream.thread_type = "SLICE" if threads == 1 else "AUTO"  # AUTO: frame and slice threads
     stream.codec_context.thread_count = threads
-    return container, stream
 
 
 _CONVERSION = {"threads": True}  # False once PyAV turned out to take no `threads` argument (before 13)
@@ -248,8 +252,7 @@ def _read_pyav_sequential(path: str, choose: IndexFn, threads: int) -> tuple[np.
 
     with av.open(path) as container:  # the full probe: this path serves the files the fast one could not read
         stream = container.streams.video[0]
-        stream.thread_type = "SLICE" if threads == 1 else "AUTO"
-        stream.codec_context.thread_count = threads
+        _pyav_configure(stream, threads)
         num_video_frames = stream.frames or _count_packets(path)  # webm headers carry no frame count
         if num_video_frames <= 0:
             raise VideoDecodeError(f"{path}: no video frames")
