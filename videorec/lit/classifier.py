@@ -291,6 +291,12 @@ def _gather_views(local: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
     return cat
 
 
+def _top1_top_k(scores: torch.Tensor, label: torch.Tensor, k: int) -> tuple[float, float]:
+    """Top-1 and top-k accuracy of (N, K) scores."""
+    top = scores.topk(k, dim=1).indices
+    return (top[:, 0] == label).double().mean().item(), (top == label.unsqueeze(1)).any(1).double().mean().item()
+
+
 def aggregate_views(
     probs: torch.Tensor,
     label: torch.Tensor,
@@ -328,9 +334,7 @@ def aggregate_views(
     probs, label, video_index = probs[keep], label[keep], video_index[keep]
     K = probs.shape[1]
     k5 = min(5, K)
-    clip_top = probs.topk(k5, dim=1).indices
-    clip_acc1 = (clip_top[:, 0] == label).double().mean().item()
-    clip_acc5 = (clip_top == label.unsqueeze(1)).any(1).double().mean().item()
+    clip_acc1, clip_acc5 = _top1_top_k(probs, label, k5)
     clip_loss = loss[keep].double().mean().item() if loss is not None and loss.numel() else float("nan")
     vids, inverse = torch.unique(video_index, return_inverse=True)
     counts = torch.bincount(inverse, minlength=len(vids))
@@ -341,9 +345,7 @@ def aggregate_views(
         index = inverse.unsqueeze(1).expand(-1, K)
         combined = torch.zeros(len(vids), K, dtype=torch.float64).scatter_reduce_(0, index, probs.double(), "amax")
     video_label = torch.zeros(len(vids), dtype=torch.long).index_copy_(0, inverse, label)
-    topk = combined.topk(k5, dim=1).indices
-    acc1 = (topk[:, 0] == video_label).double().mean().item()
-    acc5 = (topk == video_label.unsqueeze(1)).any(1).double().mean().item()
+    acc1, acc5 = _top1_top_k(combined, video_label, k5)
     return {
         "clip_acc1": clip_acc1,
         "clip_acc5": clip_acc5,
